@@ -1,0 +1,50 @@
+# Two commands on a fresh Debian machine: `make demo` and `make test`.
+# They create the venv and, as root, apt-get install the servers they need.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SYSTEM_PACKAGES := haproxy socat
+FAIL ?= 0
+
+.PHONY: demo test test-long lint system-deps venv clean
+
+system-deps:
+	@missing=""; \
+	for bin in haproxy socat; do command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check cutover tests demo
+	$(VENV)/bin/ruff format --check cutover tests demo
+	$(VENV)/bin/mypy cutover
+	$(VENV)/bin/lint-imports
+
+test: system-deps venv lint
+	$(VENV)/bin/pytest -q
+
+test-long: system-deps venv
+	$(VENV)/bin/pytest -q -m long
+
+demo: system-deps venv
+	$(PY) demo/run.py $(if $(filter 1,$(FAIL)),--fail,)
+
+clean:
+	rm -rf $(VENV) var artifacts

@@ -1,0 +1,190 @@
+"""The aiohttp application: routes, JSON errors, app state under typed ``web.AppKey``s.
+
+Every error leaves as ``{"error": {"code", "message"}}`` with a fitting 4xx; an unexpected
+exception is logged and answered 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from cutover.api.openapi import openapi_spec
+from cutover.api.views import cutover_json
+from cutover.core.machine import Command
+from cutover.engine.supervisor import Supervisor
+from cutover.errors import CutoverError, RequestError
+from cutover.observability.metrics import Metrics
+from cutover.store.base import StateStore
+
+__all__ = ["METRICS", "STORE", "SUPERVISOR", "make_app"]
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+STORE = web.AppKey("store", StateStore)
+METRICS = web.AppKey("metrics", Metrics)
+
+_ACTOR = re.compile(r"^[A-Za-z0-9@._:/+-]{1,64}$")
+_ACTIONS = ("pause", "resume", "promote", "abort")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _error(exc.status, exc.code, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error(exc.status, code, exc.reason)
+    except CutoverError as exc:
+        structlog.get_logger().error("request failed", path=request.path, error=str(exc))
+        return _error(503, "unavailable", str(exc))
+    except Exception as exc:
+        structlog.get_logger().exception("unexpected error", path=request.path, error=repr(exc))
+        return _error(500, "internal", "internal error; see the daemon's log")
+
+
+def _actor(request: web.Request) -> str:
+    actor = request.headers.get("X-Cutover-Actor", "api")
+    if not _ACTOR.match(actor):
+        raise RequestError("X-Cutover-Actor: 1-64 characters of A-Z a-z 0-9 @._:/+-")
+    return actor
+
+
+async def _no_body(request: web.Request) -> None:
+    """POSTs take no body; an empty object is fine, anything else is refused clearly."""
+    if not request.can_read_body:
+        return
+    raw = await request.read()
+    if not raw.strip():
+        return
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise RequestError("the request body must be JSON (or empty)", code="bad_json") from exc
+    if body not in ({}, None):
+        raise RequestError("this endpoint takes no parameters", code="unexpected_body")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[SUPERVISOR].started:
+        return _error(503, "not_ready", "the engine is not running yet")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def _service_json(request: web.Request, name: str, *, full: bool) -> dict[str, Any]:
+    sup = request.app[SUPERVISOR]
+    latest = await sup.latest(name)
+    events = await request.app[STORE].events(latest.id) if latest and full else None
+    return {
+        "name": name,
+        "live": sup.live(name),
+        "cutover": cutover_json(latest, events) if latest else None,
+    }
+
+
+async def list_services(request: web.Request) -> web.Response:
+    names = list(request.app[SUPERVISOR].config.services)
+    return web.json_response(
+        {"services": [await _service_json(request, n, full=False) for n in names]}
+    )
+
+
+async def get_service(request: web.Request) -> web.Response:
+    return web.json_response(await _service_json(request, request.match_info["service"], full=True))
+
+
+async def start_cutover(request: web.Request) -> web.Response:
+    await _no_body(request)
+    c = await request.app[SUPERVISOR].start_cutover(
+        request.match_info["service"], actor=_actor(request)
+    )
+    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)), status=201)
+
+
+async def undo(request: web.Request) -> web.Response:
+    await _no_body(request)
+    c = await request.app[SUPERVISOR].undo(request.match_info["service"], actor=_actor(request))
+    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)), status=201)
+
+
+async def service_history(request: web.Request) -> web.Response:
+    name = request.match_info["service"]
+    sup = request.app[SUPERVISOR]
+    sup.config.service(name)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError as exc:
+        raise RequestError("limit must be an integer 1..500") from exc
+    if not 1 <= limit <= 500:
+        raise RequestError("limit must be an integer 1..500")
+    store = request.app[STORE]
+    items = []
+    for c in await store.history(name, limit=limit):
+        current = await sup.get(c.id)
+        items.append(cutover_json(current, await store.events(c.id)))
+    return web.json_response({"service": name, "cutovers": items})
+
+
+async def get_cutover(request: web.Request) -> web.Response:
+    c = await request.app[SUPERVISOR].get(request.match_info["id"])
+    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)))
+
+
+async def cutover_action(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in _ACTIONS:
+        raise web.HTTPNotFound(reason=f"no action {action!r} (known: {', '.join(_ACTIONS)})")
+    await _no_body(request)
+    command = Command(action=action, actor=_actor(request))  # type: ignore[arg-type]
+    c = await request.app[SUPERVISOR].command(request.match_info["id"], command)
+    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)))
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
+
+
+def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024)
+    app[SUPERVISOR] = supervisor
+    app[STORE] = store
+    app[METRICS] = metrics
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/services", list_services)
+    app.router.add_get("/v1/services/{service}", get_service)
+    app.router.add_post("/v1/services/{service}/cutovers", start_cutover)
+    app.router.add_get("/v1/services/{service}/cutovers", service_history)
+    app.router.add_post("/v1/services/{service}/undo", undo)
+    app.router.add_get("/v1/cutovers/{id}", get_cutover)
+    app.router.add_post("/v1/cutovers/{id}/{action}", cutover_action)
+    return app
+
+
+metrics_handler = metrics

@@ -1,0 +1,293 @@
+"""The OpenAPI 3.1 description of the API, kept true by a test that walks the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cutover import __version__
+
+__all__ = ["openapi_spec"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERR = _json(_ref("Error"), "error")
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SERVICE = {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+_ACTOR = {
+    "name": "X-Cutover-Actor",
+    "in": "header",
+    "required": False,
+    "description": "who acts, recorded in the event timeline",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9@._:/+-]{1,64}$"},
+}
+_NO_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+}
+
+
+def _action(verb: str, what: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": what,
+            "operationId": f"{verb}Cutover",
+            "parameters": [_ID, _ACTOR],
+            "requestBody": _NO_BODY,
+            "responses": {
+                "200": _json(_ref("Cutover"), "the cutover after the command"),
+                "400": _ERR,
+                "404": _ERR,
+                "409": _json(_ref("Error"), "the command does not apply in this state"),
+            },
+        }
+    }
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["seq", "kind", "at", "message", "data"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "kind": {"type": "string"},
+            "at": {"type": "number"},
+            "message": {"type": "string"},
+            "data": {"type": "object"},
+        },
+    },
+    "Router": {
+        "type": "object",
+        "required": ["name", "type", "desired", "observed"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {"type": "string"},
+            "desired": {"type": "integer", "description": "new color's share, percent"},
+            "observed": {"type": ["number", "null"], "description": "share read back"},
+            "detail": {"type": "string"},
+            "drift": {"type": "boolean"},
+            "error": {"type": "string"},
+        },
+    },
+    "Check": {
+        "type": "object",
+        "required": ["name", "status", "value", "at", "failures_in_window"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"enum": ["pass", "fail", "inconclusive", "error", None]},
+            "value": {"type": ["number", "null"]},
+            "detail": {"type": "string"},
+            "at": {"type": ["number", "null"]},
+            "counting": {"type": ["boolean", "null"]},
+            "failures_in_window": {"type": "integer"},
+            "failure_limit": {"type": ["integer", "null"]},
+            "dry_run": {"type": "boolean"},
+            "history": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Cutover": {
+        "type": "object",
+        "required": [
+            "id",
+            "service",
+            "from",
+            "to",
+            "state",
+            "stage",
+            "stages",
+            "routers",
+            "checks",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "service": {"type": "string"},
+            "kind": {"enum": ["cutover", "undo"]},
+            "from": {"enum": ["blue", "green"]},
+            "to": {"enum": ["blue", "green"]},
+            "state": {
+                "enum": [
+                    "running",
+                    "awaiting_approval",
+                    "paused",
+                    "rolling_back",
+                    "completed",
+                    "rolled_back",
+                    "failed",
+                ]
+            },
+            "phase": {"enum": ["preflight", "shifting", "holding"]},
+            "stage": {"type": "integer"},
+            "stages": {"type": "array", "items": {"type": "object"}},
+            "hold_elapsed": {"type": "number"},
+            "routers": {"type": "array", "items": _ref("Router")},
+            "checks": {"type": "array", "items": _ref("Check")},
+            "reason": {"type": ["string", "null"]},
+            "created_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+            "finished_at": {"type": ["number", "null"]},
+            "revision": {"type": "integer"},
+            "events": {"type": "array", "items": _ref("Event")},
+        },
+    },
+    "Service": {
+        "type": "object",
+        "required": ["name", "live", "cutover"],
+        "properties": {
+            "name": {"type": "string"},
+            "live": {"enum": ["blue", "green"]},
+            "cutover": {"oneOf": [_ref("Cutover"), {"type": "null"}]},
+        },
+    },
+}
+
+
+def openapi_spec() -> dict[str, Any]:
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cutover", "version": __version__},
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "process alive",
+                    "operationId": "healthz",
+                    "responses": {"200": _json(status, "alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "config loaded, store open, engine running",
+                    "operationId": "readyz",
+                    "responses": {"200": _json(status, "ready"), "503": _ERR},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text format",
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}, "spec")},
+                }
+            },
+            "/v1/services": {
+                "get": {
+                    "summary": "every service with its live color and running or last cutover",
+                    "operationId": "listServices",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["services"],
+                                "properties": {
+                                    "services": {"type": "array", "items": _ref("Service")}
+                                },
+                            },
+                            "services",
+                        )
+                    },
+                }
+            },
+            "/v1/services/{service}": {
+                "get": {
+                    "summary": "one service",
+                    "operationId": "getService",
+                    "parameters": [_SERVICE],
+                    "responses": {"200": _json(_ref("Service"), "the service"), "404": _ERR},
+                }
+            },
+            "/v1/services/{service}/cutovers": {
+                "post": {
+                    "summary": "preflight, then start a cutover from the live color",
+                    "operationId": "startCutover",
+                    "parameters": [_SERVICE, _ACTOR],
+                    "requestBody": _NO_BODY,
+                    "responses": {
+                        "201": _json(_ref("Cutover"), "started"),
+                        "400": _ERR,
+                        "404": _ERR,
+                        "409": _json(_ref("Error"), "a cutover already runs"),
+                        "422": _json(_ref("Error"), "preflight refused; nothing changed"),
+                    },
+                },
+                "get": {
+                    "summary": "history, newest first",
+                    "operationId": "serviceHistory",
+                    "parameters": [
+                        _SERVICE,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["service", "cutovers"],
+                                "properties": {
+                                    "service": {"type": "string"},
+                                    "cutovers": {"type": "array", "items": _ref("Cutover")},
+                                },
+                            },
+                            "history",
+                        ),
+                        "400": _ERR,
+                        "404": _ERR,
+                    },
+                },
+            },
+            "/v1/services/{service}/undo": {
+                "post": {
+                    "summary": "within undo_window: all traffic back to the previous color at once",
+                    "operationId": "undoCutover",
+                    "parameters": [_SERVICE, _ACTOR],
+                    "requestBody": _NO_BODY,
+                    "responses": {
+                        "201": _json(_ref("Cutover"), "undo started"),
+                        "400": _ERR,
+                        "404": _ERR,
+                        "409": _ERR,
+                        "422": _ERR,
+                    },
+                }
+            },
+            "/v1/cutovers/{id}": {
+                "get": {
+                    "summary": "one cutover with its event timeline",
+                    "operationId": "getCutover",
+                    "parameters": [_ID],
+                    "responses": {"200": _json(_ref("Cutover"), "the cutover"), "404": _ERR},
+                }
+            },
+            "/v1/cutovers/{id}/pause": _action("pause", "pause the cutover"),
+            "/v1/cutovers/{id}/resume": _action("resume", "resume a paused cutover"),
+            "/v1/cutovers/{id}/promote": _action("promote", "pass the current stage"),
+            "/v1/cutovers/{id}/abort": _action("abort", "roll back at once"),
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

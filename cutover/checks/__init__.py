@@ -1,0 +1,1 @@
+"""Checks: one module per kind behind :class:`cutover.checks.base.Check`."""

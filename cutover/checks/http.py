@@ -1,0 +1,215 @@
+"""HTTP health check: one request per measurement, judged on status (and optionally body).
+
+PRODUCT.md, Semantics: an HTTP health URL that cannot be reached, times out or answers the
+wrong status is a *fail* — not an *error*, because the thing being checked (the new color) is
+what did not answer. So :meth:`HttpCheck.measure` never raises for a network problem; every
+outcome is a :class:`~cutover.core.model.Measurement`.
+
+The session is created lazily, inside the running event loop (aiohttp sessions are bound to
+the loop they are created in), and reused across measurements so connections are kept alive.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Annotated, Any, Literal
+
+import aiohttp
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from yarl import URL
+
+from cutover.checks.base import CheckSpecBase, Placeholders
+from cutover.core.model import Measurement, Verdict
+from cutover.specs import render
+
+__all__ = ["BODY_LIMIT", "HttpCheck", "HttpCheckSpec"]
+
+#: At most this much of a response body is read when ``body_contains`` is set.
+BODY_LIMIT = 64 * 1024
+
+
+def _status_list(value: Any) -> Any:
+    """``expect_status: 200`` and ``expect_status: [200, 204]`` both mean a list."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def _check_statuses(value: list[int]) -> list[int]:
+    if not value:
+        raise ValueError("must name at least one HTTP status")
+    for status in value:
+        if not 100 <= status <= 599:
+            raise ValueError("HTTP statuses must be 100..599")
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+class HttpCheckSpec(CheckSpecBase):
+    """``type: http``: pass when the URL answers one of ``expect_status``."""
+
+    type: Literal["http"]
+    url: Annotated[str, AfterValidator(_check_url)]
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: Annotated[
+        list[int], BeforeValidator(_status_list), AfterValidator(_check_statuses)
+    ] = Field(default_factory=lambda: [200])
+    body_contains: str | None = Field(default=None, min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _body_needs_get(self) -> HttpCheckSpec:
+        if self.body_contains is not None and self.method == "HEAD":
+            raise ValueError("body_contains needs method: GET (a HEAD answer has no body)")
+        return self
+
+    def template_fields(self) -> dict[str, str]:
+        fields = super().template_fields()
+        # Header values render too ("every string field"); placed as headers.<Name>.
+        fields.update({f"headers.{k}": v for k, v in self.headers.items()})
+        return fields
+
+    def build(self, *, placeholders: Placeholders) -> HttpCheck:
+        """Render every string field strictly (an unknown placeholder raises ``ValueError``)."""
+        return HttpCheck(
+            name=self.name,
+            url=render(self.url, placeholders),
+            method=self.method,
+            expect_status=tuple(self.expect_status),
+            body_contains=(
+                render(self.body_contains, placeholders) if self.body_contains is not None else None
+            ),
+            headers={k: render(v, placeholders) for k, v in self.headers.items()},
+            timeout=self.effective_timeout,
+        )
+
+
+def _shown(url: str) -> str:
+    """The URL as it may appear in details and logs: without user:password."""
+    try:
+        parsed = URL(url)
+    except (TypeError, ValueError):
+        return url
+    if parsed.user is None and parsed.password is None:
+        return url
+    return str(parsed.with_user(None))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s" if value >= 1 else f"{value * 1000:g}ms"
+
+
+def _cause(exc: BaseException) -> str:
+    """A short human reason for a request that got no HTTP answer."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return "host name does not resolve"
+        code = exc.os_error.errno
+        if code == errno.ECONNREFUSED:
+            return "connection refused"
+        if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "host unreachable"
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class HttpCheck:
+    """One HTTP health check of one cutover (implements :class:`cutover.checks.base.Check`)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        method: Literal["GET", "HEAD"] = "GET",
+        expect_status: tuple[int, ...] = (200,),
+        body_contains: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._name = name
+        self.url = url
+        self.method = method
+        self.expect_status = expect_status
+        self.body_contains = body_contains
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self.headers)
+        return self._session
+
+    async def measure(self) -> Measurement:
+        shown = _shown(self.url)
+        started = time.monotonic()
+        try:
+            async with self._client().request(
+                self.method,
+                self.url,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                body = await self._read_body(resp) if self.body_contains is not None else b""
+                status = resp.status
+        except TimeoutError:
+            return self._fail(f"no answer from {shown} within {_seconds(self.timeout)}")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return self._fail(f"cannot reach {shown}: {_cause(exc)}")
+        except Exception as exc:  # a check reports, it never raises (see module docstring)
+            return self._fail(f"request to {shown} failed: {_cause(exc)}")
+        latency = time.monotonic() - started
+
+        if status not in self.expect_status:
+            expected = " or ".join(str(s) for s in self.expect_status)
+            return self._fail(f"HTTP {status} from {shown} (expected {expected})", value=latency)
+        if self.body_contains is not None and self.body_contains.encode() not in body:
+            return self._fail(
+                f"HTTP {status} from {shown} without {self.body_contains!r} "
+                f"in the first {BODY_LIMIT // 1024} KiB of the body",
+                value=latency,
+            )
+        return Measurement(
+            verdict=Verdict.PASS,
+            value=latency,
+            detail=f"HTTP {status} from {shown} in {latency * 1000:.0f} ms",
+            at=time.time(),
+        )
+
+    @staticmethod
+    async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+        """At most :data:`BODY_LIMIT` bytes; a huge or endless body does not hold us up."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < BODY_LIMIT:
+            chunk = await resp.content.read(BODY_LIMIT - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _fail(detail: str, *, value: float | None = None) -> Measurement:
+        return Measurement(verdict=Verdict.FAIL, value=value, detail=detail, at=time.time())
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

@@ -1,0 +1,388 @@
+"""The ``cutover`` command line.
+
+Exit codes (PRODUCT.md): 0 success / completed; 1 error talking to the daemon or refused
+request; 2 bad config or usage; 3 rolled back; 4 failed (rollback not verified); 5 --timeout.
+Client commands read CUTOVER_URL (default http://127.0.0.1:8480) and CUTOVER_TOKEN.
+No traceback reaches the user: every error is one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import aiohttp
+
+from cutover import __version__
+from cutover.config import Config, load_config
+from cutover.errors import ConfigError, CutoverError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROLLED_BACK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_FAILED}
+DEFAULT_URL = "http://127.0.0.1:8480"
+REQUEST_TIMEOUT = 30.0
+
+
+class ClientError(Exception):
+    """A request to the daemon failed; the message is for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"cutover: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _duration(text: str) -> float:
+    from cutover.specs import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cutover", description="Staged blue/green cutovers with automatic rollback.")
+    p.add_argument("--version", action="version", version=f"cutover {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("daemon", help="run the daemon (API + engine) in the foreground")
+    d.add_argument("-c", "--config", required=True)
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.add_argument("--log-format", default="json", choices=["json", "console"])
+
+    v = sub.add_parser("validate", help="check a config; exit 0, or 2 with every error")
+    v.add_argument("-c", "--config", required=True)
+
+    pl = sub.add_parser("plan", help="dry run: each stage and what each router would be set to")
+    pl.add_argument("-c", "--config", required=True)
+    pl.add_argument("service")
+    pl.add_argument(
+        "--from",
+        dest="from_color",
+        choices=["blue", "green"],
+        help="the live color (default: ask the daemon, else the config's live)",
+    )
+
+    s = sub.add_parser("start", help="preflight, then a cutover from the live color")
+    s.add_argument("service")
+    s.add_argument("--wait", action="store_true", help="follow the cutover to its end")
+    s.add_argument("--timeout", type=_duration, help="with --wait: give up after this (exit 5)")
+
+    st = sub.add_parser("status", help="state, stage, routers and checks")
+    st.add_argument("service", nargs="?")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true", help="redraw every second until it ends")
+
+    for name, what in (
+        ("pause", "pause the running cutover"),
+        ("resume", "resume a paused cutover"),
+        ("promote", "pass the current stage (a manual gate)"),
+        ("abort", "roll back at once"),
+    ):
+        a = sub.add_parser(name, help=what)
+        a.add_argument("service")
+
+    u = sub.add_parser("undo", help="within undo_window: all traffic back at once")
+    u.add_argument("service")
+
+    h = sub.add_parser("history", help="past cutovers and their event timelines")
+    h.add_argument("service")
+    h.add_argument("--limit", type=int, default=10)
+    h.add_argument("--json", action="store_true")
+    return p
+
+
+# --- HTTP client ---------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self) -> None:
+        self.url = os.environ.get("CUTOVER_URL", DEFAULT_URL).rstrip("/")
+        token = os.environ.get("CUTOVER_TOKEN")
+        self.headers = {"X-Cutover-Actor": _whoami()}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    async def call(self, method: str, path: str) -> Any:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session,
+                session.request(method, self.url + path) as resp,
+            ):
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                if resp.status >= 400:
+                    err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+                    message = err.get("message") or resp.reason or "request refused"
+                    raise ClientError(f"{resp.status} {err.get('code', 'error')}: {message}")
+                return body
+        except aiohttp.ClientConnectorError as exc:
+            raise ClientError(
+                f"cannot reach the daemon at {self.url} ({exc.os_error or exc}); "
+                "is `cutover daemon` running? (CUTOVER_URL)"
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ClientError(f"request to {self.url}{path} failed: {exc!r}") from exc
+
+
+def _whoami() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "cli"
+    host = socket.gethostname().split(".")[0]
+    return "".join(ch for ch in f"{user}@{host}" if ch.isalnum() or ch in "@._-")[:64] or "cli"
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def render_cutover(c: dict[str, Any]) -> str:
+    stages = c["stages"]
+    idx = c["stage"]
+    lines = [
+        f"{c['service']}: {c['kind']} {c['id']} {c['from']} -> {c['to']}  state={c['state']}"
+        f" phase={c['phase']}",
+        "stages: "
+        + "  ".join(
+            ("[" if i == idx else " ")
+            + f"{s['weight']}%/{s['hold']:g}s{'+approval' if s['approval'] else ''}"
+            + ("]" if i == idx else " ")
+            for i, s in enumerate(stages)
+        )
+        + f"   hold {c.get('hold_elapsed', 0):.0f}/{stages[idx]['hold']:g}s",
+    ]
+    for r in c["routers"]:
+        extra = " DRIFT" if r.get("drift") else ""
+        extra += f" error: {r['error']}" if r.get("error") else ""
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        lines.append(
+            f"  router {r['name']} [{r['type']}]: desired {r['desired']}% observed "
+            f"{_pct(r['observed'])}{detail}{extra}"
+        )
+    for ch in c["checks"]:
+        value = "" if ch["value"] is None else f" value={ch['value']:g}"
+        dry = " (dry run)" if ch.get("dry_run") else ""
+        lines.append(
+            f"  check {ch['name']}: {ch['status'] or 'not measured yet'}{value}"
+            f" failures={ch['failures_in_window']}/{ch.get('failure_limit')}{dry}"
+            + (f"  {ch['detail']}" if ch.get("detail") else "")
+        )
+    if c.get("reason"):
+        lines.append(f"  reason: {c['reason']}")
+    return "\n".join(lines)
+
+
+def render_events(events: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))}  {e['kind']:<17} "
+        f"{e['message']}"
+        for e in events
+    )
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    n = len(config.services)
+    print(f"{args.config}: ok ({n} service{'s' if n != 1 else ''})")
+    return EXIT_OK
+
+
+async def _live_color(service: str, config: Config) -> tuple[str, str]:
+    try:
+        body = await Client().call("GET", f"/v1/services/{service}")
+        return str(body["live"]), "from the daemon"
+    except ClientError:
+        return config.service(service).live, "from the config (daemon not reachable)"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from cutover.core.model import other_color
+
+    config = load_config(args.config)
+    spec = config.service(args.service)
+    if args.from_color:
+        live, source = args.from_color, "from --from"
+    else:
+        live, source = asyncio.run(_live_color(args.service, config))
+    new = other_color(live)
+    routers = {r.name: r.build(new=new) for r in spec.routers}
+    plan = spec.plan()
+    print(f"plan for {args.service}: {live} -> {new} (live {source}); touches nothing")
+    for i, stage in enumerate(plan.stages):
+        gate = ", then waits for promote" if stage.approval else ""
+        print(f"stage {i + 1}: {stage.weight}% {new}, hold {stage.hold:g}s{gate}")
+        for name, router in routers.items():
+            state = ", ".join(f"{k}={v}" for k, v in router.expected(stage.weight).items())
+            print(f"  {name}: {state}")
+    print("on rollback: every router to 0% at once:")
+    for name, router in routers.items():
+        state = ", ".join(f"{k}={v}" for k, v in router.expected(0, evacuate=True).items())
+        print(f"  {name}: {state}")
+    for check in plan.checks:
+        print(
+            f"check {check.name}: every {check.interval:g}s, rollback at {check.failure_limit} "
+            f"fails in {check.window}, initial delay {check.initial_delay:g}s"
+            + (" (dry run)" if check.dry_run else "")
+        )
+    return EXIT_OK
+
+
+async def _current(client: Client, service: str) -> dict[str, Any]:
+    body = await client.call("GET", f"/v1/services/{service}")
+    if body.get("cutover") is None:
+        raise ClientError(f"service {service} has had no cutover yet (live: {body['live']})")
+    return body["cutover"]  # type: ignore[no-any-return]
+
+
+async def _follow(client: Client, cutover_id: str, limit: float | None) -> int:
+    deadline = None if limit is None else time.monotonic() + limit
+    seen = 0
+    while True:
+        c = await client.call("GET", f"/v1/cutovers/{cutover_id}")
+        for e in c.get("events", []):
+            if e["seq"] > seen:
+                print(render_events([e]), flush=True)
+                seen = e["seq"]
+        if c["state"] in TERMINAL_EXIT:
+            print(render_cutover(c), flush=True)
+            return TERMINAL_EXIT[c["state"]]
+        if deadline is not None and time.monotonic() >= deadline:
+            print(render_cutover(c), flush=True)
+            print(
+                f"cutover: --timeout reached; {cutover_id} is still {c['state']}", file=sys.stderr
+            )
+            return EXIT_TIMEOUT
+        await asyncio.sleep(0.5)
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    client = Client()
+    c = await client.call("POST", f"/v1/services/{args.service}/cutovers")
+    print(f"started {c['id']}: {c['service']} {c['from']} -> {c['to']}", flush=True)
+    if not args.wait:
+        return EXIT_OK
+    return await _follow(client, c["id"], args.timeout)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    client = Client()
+    while True:
+        if args.service:
+            c = await _current(client, args.service)
+            out = json.dumps(c, indent=2) if args.json else render_cutover(c)
+        else:
+            body = await client.call("GET", "/v1/services")
+            if args.json:
+                out = json.dumps(body, indent=2)
+            else:
+                out = "\n".join(
+                    f"{s['name']}: live {s['live']}"
+                    + (
+                        f"; {s['cutover']['id']} {s['cutover']['state']} at "
+                        f"{s['cutover']['stages'][s['cutover']['stage']]['weight']}%"
+                        if s["cutover"]
+                        else "; no cutover yet"
+                    )
+                    for s in body["services"]
+                )
+        if not args.watch:
+            print(out)
+            return EXIT_OK
+        print("\x1b[2J\x1b[H" + out, flush=True)
+        await asyncio.sleep(1.0)
+
+
+async def cmd_action(args: argparse.Namespace) -> int:
+    client = Client()
+    c = await _current(client, args.service)
+    after = await client.call("POST", f"/v1/cutovers/{c['id']}/{args.command}")
+    print(f"{args.command}: {after['id']} is now {after['state']}")
+    return EXIT_OK
+
+
+async def cmd_undo(args: argparse.Namespace) -> int:
+    c = await Client().call("POST", f"/v1/services/{args.service}/undo")
+    print(f"undo {c['id']} started: {c['service']} {c['from']} -> {c['to']}")
+    return EXIT_OK
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    body = await Client().call("GET", f"/v1/services/{args.service}/cutovers?limit={args.limit}")
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return EXIT_OK
+    for c in body["cutovers"]:
+        print(render_cutover(c))
+        print(render_events(c.get("events", [])))
+        print()
+    if not body["cutovers"]:
+        print(f"{args.service}: no cutovers yet")
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from cutover.daemon import run_daemon
+    from cutover.observability.logging import configure_logging
+
+    config = load_config(args.config)
+    configure_logging(args.log_level, json=args.log_format == "json")
+    asyncio.run(run_daemon(config))
+    return EXIT_OK
+
+
+ASYNC_COMMANDS = {
+    "start": cmd_start,
+    "status": cmd_status,
+    "pause": cmd_action,
+    "resume": cmd_action,
+    "promote": cmd_action,
+    "abort": cmd_action,
+    "undo": cmd_undo,
+    "history": cmd_history,
+}
+SYNC_COMMANDS = {"daemon": cmd_daemon, "validate": cmd_validate, "plan": cmd_plan}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in SYNC_COMMANDS:
+            return SYNC_COMMANDS[args.command](args)
+        return asyncio.run(ASYNC_COMMANDS[args.command](args))
+    except ConfigError as exc:
+        print(f"cutover: {len(exc.errors)} config error(s):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClientError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except CutoverError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

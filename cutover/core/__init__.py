@@ -1,0 +1,1 @@
+"""Pure decisions: stdlib only, no asyncio, no I/O."""

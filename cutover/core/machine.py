@@ -1,0 +1,626 @@
+"""The stage machine: the only place a cutover's status and phase change.
+
+``step(cutover, input, now) -> Step`` is pure: it returns the next cutover, the actions the
+engine must carry out (after persisting the new cutover), the journal events to append in the
+same write, and ``refused`` when an operator command does not apply in this status.
+
+The transition table ``TABLE`` maps (status, input type) to a handler; a pair that is not in
+the table leaves the cutover as it is (a stale result, a tick in a terminal state), except that
+operator commands are refused with a reason. ``now`` is wall-clock seconds, used for
+timestamps and the restart window only; the hold counts monitored time from ``Tick.dt``, which
+the engine measures on a monotonic clock, so a wall-clock jump never shortens a hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from cutover.core import analysis
+from cutover.core.model import (
+    CheckState,
+    Cutover,
+    Event,
+    Measurement,
+    Phase,
+    Plan,
+    RouterStatus,
+    Status,
+)
+
+__all__ = [
+    "TABLE",
+    "Action",
+    "Apply",
+    "Command",
+    "Input",
+    "Measured",
+    "Observed",
+    "PreflightPassed",
+    "Restarted",
+    "Rollback",
+    "RollbackVerified",
+    "ShiftApplied",
+    "ShiftFailed",
+    "Step",
+    "Tick",
+    "allowed_commands",
+    "new_cutover",
+    "step",
+    "undo_refusal",
+]
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightPassed:
+    """Everything before stage 1 is done (preflight, DNS TTL republish wait)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShiftApplied:
+    """Every router was verified at ``share``; ``states`` is what each one now holds."""
+
+    share: int
+    states: dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShiftFailed:
+    """A forward shift could not be applied (permanent error, or transient past apply_timeout)."""
+
+    share: int
+    router: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RollbackVerified:
+    states: dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tick:
+    """``dt`` seconds of monitored time passed (monotonic clock, this process)."""
+
+    dt: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    check: str
+    measurement: Measurement
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observed:
+    """A read-back of one router outside a shift.
+
+    ``known``: it holds what we last wrote or what ``desired`` writes; anything else is drift.
+    ``at_desired``: it holds exactly what ``desired`` writes."""
+
+    router: str
+    share: float | None = None
+    detail: str = ""
+    known: bool = True
+    at_desired: bool = True
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    action: Literal["pause", "resume", "promote", "abort"]
+    actor: str = "operator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restarted:
+    """The daemon started again and picked this cutover up."""
+
+
+Input = (
+    PreflightPassed
+    | ShiftApplied
+    | ShiftFailed
+    | RollbackVerified
+    | Tick
+    | Measured
+    | Observed
+    | Command
+    | Restarted
+)
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Apply:
+    """Set every router to ``share``. Unless ``force``, a router is written only when it holds
+    what we last wrote (toward the new color only from our own state); ``force`` is an
+    operator's explicit resume, or a reassert toward the old color."""
+
+    share: int
+    force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollback:
+    """Every router to 0 % new at once, evacuating sessions; retried until verified."""
+
+
+Action = Apply | Rollback
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    cutover: Cutover
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    refused: str | None = None
+
+    def then(self, other: Step) -> Step:
+        return Step(
+            cutover=other.cutover,
+            actions=self.actions + other.actions,
+            events=self.events + other.events,
+            refused=other.refused or self.refused,
+        )
+
+
+def _event(now: float, kind: str, message: str, **data: Any) -> Event:
+    return Event(kind=kind, message=message, at=now, data=data)
+
+
+# --- construction ----------------------------------------------------------------------------
+
+
+def new_cutover(
+    *,
+    cutover_id: str,
+    service: str,
+    from_color: Literal["blue", "green"],
+    to_color: Literal["blue", "green"],
+    plan: Plan,
+    router_kinds: dict[str, str],
+    router_states: dict[str, dict[str, str]],
+    now: float,
+    kind: Literal["cutover", "undo"] = "cutover",
+    actor: str = "operator",
+) -> Step:
+    """A cutover that passed preflight; ``router_states`` is what each router held then."""
+    c = Cutover(
+        id=cutover_id,
+        service=service,
+        from_color=from_color,
+        to_color=to_color,
+        plan=plan,
+        checks=tuple(CheckState(name=p.name) for p in plan.checks),
+        routers=tuple(
+            RouterStatus(
+                name=name,
+                kind=router_kinds[name],
+                desired=0,
+                written=0,
+                observed=0.0,
+                written_state=router_states[name],
+            )
+            for name in plan.routers
+        ),
+        created_at=now,
+        updated_at=now,
+        kind=kind,
+    )
+    verb = "undo" if kind == "undo" else "cutover"
+    return Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "started",
+                f"{verb} of {service} from {from_color} to {to_color} started by {actor}",
+                actor=actor,
+                stages=[s.weight for s in plan.stages],
+            ),
+        ),
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _start_rollback(c: Cutover, now: float, reason: str, cause: str) -> Step:
+    """``cause`` is a small fixed vocabulary (check, operator, router, drift, approval) for
+    metrics labels; ``reason`` is the sentence for people."""
+    c = replace(
+        c,
+        status=Status.ROLLING_BACK,
+        reason=reason,
+        rollback_elapsed=0.0,
+        paused_from=None,
+        routers=tuple(replace(r, desired=0) for r in c.routers),
+    )
+    return Step(
+        cutover=c,
+        actions=(Rollback(),),
+        events=(
+            _event(now, "rollback_started", f"rolling back: {reason}", reason=reason, cause=cause),
+        ),
+    )
+
+
+def _pause(c: Cutover, now: float, reason: str, kind: str = "paused") -> Step:
+    if c.status is Status.PAUSED:
+        return Step(cutover=c, events=(_event(now, kind, reason),))
+    c = replace(c, status=Status.PAUSED, paused_from=c.status)
+    return Step(cutover=c, events=(_event(now, kind, f"paused: {reason}", reason=reason),))
+
+
+def _enter_stage(c: Cutover, index: int, now: float) -> Step:
+    stage = c.plan.stages[index]
+    c = replace(
+        c,
+        status=Status.RUNNING,
+        phase=Phase.SHIFTING,
+        stage_index=index,
+        hold_elapsed=0.0,
+        approval_elapsed=0.0,
+        checks=tuple(replace(s, latest=None) for s in c.checks),
+        routers=tuple(replace(r, desired=stage.weight) for r in c.routers),
+    )
+    return Step(
+        cutover=c,
+        actions=(Apply(share=stage.weight),),
+        events=(
+            _event(
+                now,
+                "stage_started",
+                f"stage {index + 1}/{len(c.plan.stages)}: shifting to {stage.weight}% {c.to_color}",
+                stage=index,
+                share=stage.weight,
+            ),
+        ),
+    )
+
+
+def _advance(c: Cutover, now: float) -> Step:
+    """Past the current stage: the next one, or completion after the last."""
+    if c.stage_index + 1 < len(c.plan.stages):
+        return _enter_stage(c, c.stage_index + 1, now)
+    c = replace(c, status=Status.COMPLETED, finished_at=now, paused_from=None)
+    return Step(
+        cutover=c,
+        events=(_event(now, "completed", f"completed: {c.to_color} is live for {c.service}"),),
+    )
+
+
+def _try_pass_stage(c: Cutover, now: float) -> Step:
+    if c.status is not Status.RUNNING or c.phase is not Phase.HOLDING:
+        return Step(cutover=c)
+    if c.hold_elapsed < c.stage.hold or not analysis.gate_open(c.checks, c.plan.checks):
+        return Step(cutover=c)
+    if c.stage.approval:
+        c = replace(c, status=Status.AWAITING_APPROVAL, approval_elapsed=0.0)
+        return Step(
+            cutover=c,
+            events=(
+                _event(
+                    now,
+                    "approval_needed",
+                    f"stage {c.stage_index + 1} at {c.share}% held cleanly; waiting for promote",
+                    stage=c.stage_index,
+                ),
+            ),
+        )
+    return _advance(c, now)
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+Handler = Callable[[Cutover, Any, float], Step]
+
+
+def _on_preflight_passed(c: Cutover, _: PreflightPassed, now: float) -> Step:
+    if c.phase is not Phase.PREFLIGHT:
+        return Step(cutover=c)
+    return _enter_stage(c, 0, now)
+
+
+def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
+    if c.phase is not Phase.SHIFTING or e.share != c.share:
+        return Step(cutover=c)  # a stale result of an earlier shift
+    routers = tuple(
+        replace(
+            r,
+            written=e.share,
+            written_state=e.states.get(r.name, r.written_state),
+            observed=float(e.share),
+            drift=False,
+            error="",
+        )
+        for r in c.routers
+    )
+    c = replace(c, phase=Phase.HOLDING, routers=routers)
+    step = Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "stage_applied",
+                f"every router verified at {e.share}% {c.to_color}",
+                stage=c.stage_index,
+                share=e.share,
+            ),
+        ),
+    )
+    return step.then(_try_pass_stage(c, now))
+
+
+def _on_shift_failed(c: Cutover, e: ShiftFailed, now: float) -> Step:
+    if c.phase is not Phase.SHIFTING or e.share != c.share:
+        return Step(cutover=c)
+    c = c.with_router(replace(c.router(e.router), error=e.error))
+    reason = f"router {e.router} could not be set to {e.share}%: {e.error}"
+    return _start_rollback(c, now, reason, "router")
+
+
+def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
+    routers = tuple(
+        replace(
+            r,
+            desired=0,
+            written=0,
+            written_state=e.states.get(r.name, r.written_state),
+            observed=0.0,
+            drift=False,
+            error="",
+        )
+        for r in c.routers
+    )
+    c = replace(c, status=Status.ROLLED_BACK, finished_at=now, routers=routers)
+    return Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "rolled_back",
+                f"rolled back: every router reads 100% {c.from_color} ({c.reason})",
+                reason=c.reason,
+            ),
+        ),
+    )
+
+
+def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
+    if c.phase is not Phase.HOLDING:
+        return Step(cutover=c)
+    return _try_pass_stage(replace(c, hold_elapsed=c.hold_elapsed + e.dt), now)
+
+
+def _on_tick_awaiting(c: Cutover, e: Tick, now: float) -> Step:
+    c = replace(c, approval_elapsed=c.approval_elapsed + e.dt)
+    timeout = c.stage.approval_timeout
+    if timeout is not None and c.approval_elapsed >= timeout:
+        reason = f"no promote within approval_timeout {timeout:g}s"
+        return _start_rollback(c, now, reason, "approval")
+    return Step(cutover=c)
+
+
+def _on_tick_rolling_back(c: Cutover, e: Tick, now: float) -> Step:
+    c = replace(c, rollback_elapsed=c.rollback_elapsed + e.dt)
+    if c.rollback_elapsed < c.plan.rollback_timeout:
+        return Step(cutover=c)
+    unverified = [r.name for r in c.routers if r.written != 0]
+    c = replace(c, status=Status.FAILED)
+    return Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "failed",
+                f"rollback not verified within {c.plan.rollback_timeout:g}s on "
+                f"{', '.join(unverified) or 'some routers'}; still retrying",
+                routers=unverified,
+                reason=c.reason,
+            ),
+        ),
+    )
+
+
+def _on_measured(c: Cutover, e: Measured, now: float) -> Step:
+    try:
+        policy = c.policy(e.check)
+    except KeyError:
+        return Step(cutover=c)
+    counting = c.phase is not Phase.PREFLIGHT and c.hold_elapsed >= policy.initial_delay
+    m = replace(e.measurement, counting=counting)
+    state, finding = analysis.record(c.check(e.check), policy, m)
+    c = c.with_check(state)
+    if finding is None:
+        return _try_pass_stage(c, now)
+    if finding.action == "rollback":
+        return _start_rollback(c, now, finding.reason, "check")
+    return _pause(c, now, finding.reason, kind="alarm")
+
+
+def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
+    r = c.router(e.router)
+    if e.error:
+        return Step(cutover=c.with_router(replace(r, error=e.error)))
+    r = replace(r, observed=e.share, detail=e.detail, error="")
+    if e.known:
+        return Step(cutover=c.with_router(replace(r, drift=False)))
+    if r.drift:
+        return Step(cutover=c.with_router(r))  # already reported and handled
+    c = c.with_router(replace(r, drift=True))
+    seen = "unknown" if e.share is None else f"{e.share:g}%"
+    what = (
+        f"router {e.router} reads {seen} {c.to_color}, not what the daemon last wrote "
+        f"({r.written}%)"
+    )
+    drift = Step(
+        cutover=c,
+        events=(
+            _event(now, "drift", what, router=e.router, observed=e.share, policy=c.plan.on_drift),
+        ),
+    )
+    if c.plan.on_drift == "rollback":
+        return drift.then(_start_rollback(c, now, f"drift: {what}", "drift"))
+    if c.plan.on_drift == "reassert" and e.share is not None and e.share > r.desired:
+        # toward the old color: always allowed (PRODUCT.md, Drift)
+        return drift.then(
+            Step(
+                cutover=replace(c, phase=Phase.SHIFTING),
+                actions=(Apply(share=c.share, force=True),),
+            )
+        )
+    return drift.then(_pause(c, now, f"drift: {what}"))
+
+
+def _on_restarted(c: Cutover, _: Restarted, now: float) -> Step:
+    window_start = now - c.plan.restart_window
+    restarts = (*(t for t in c.restarts if t >= window_start), now)
+    c = replace(c, restarts=restarts, checks=tuple(replace(s, latest=None) for s in c.checks))
+    step = Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "restarted",
+                f"daemon restarted; resuming {c.status.value} ({c.phase.value})",
+                restarts_in_window=len(restarts),
+            ),
+        ),
+    )
+    if c.status in (Status.ROLLING_BACK, Status.FAILED):
+        return step.then(Step(cutover=c, actions=(Rollback(),)))
+    if (
+        c.status in (Status.RUNNING, Status.AWAITING_APPROVAL)
+        and len(restarts) > c.plan.max_restarts
+    ):
+        return step.then(
+            _pause(
+                c,
+                now,
+                f"{len(restarts)} restarts within {c.plan.restart_window:g}s "
+                f"(more than {c.plan.max_restarts})",
+                kind="alarm",
+            )
+        )
+    if c.status is Status.RUNNING and c.phase is Phase.SHIFTING:
+        return step.then(Step(cutover=c, actions=(Apply(share=c.share),)))
+    return step
+
+
+# --- operator commands -----------------------------------------------------------------------
+
+
+def _cmd_pause(c: Cutover, e: Command, now: float) -> Step:
+    return _pause(c, now, f"by {e.actor}")
+
+
+def _cmd_resume(c: Cutover, e: Command, now: float) -> Step:
+    back = c.paused_from or Status.RUNNING
+    c = replace(c, status=back, paused_from=None)
+    resumed = Step(
+        cutover=c, events=(_event(now, "resumed", f"resumed by {e.actor}", actor=e.actor),)
+    )
+    if back is Status.RUNNING and (c.phase is Phase.SHIFTING or any(r.drift for r in c.routers)):
+        # the operator has looked at the routers: re-apply the current stage as asked
+        c = replace(c, phase=Phase.SHIFTING)
+        return resumed.then(Step(cutover=c, actions=(Apply(share=c.share, force=True),)))
+    return resumed.then(_try_pass_stage(c, now))
+
+
+def _cmd_promote(c: Cutover, e: Command, now: float) -> Step:
+    promoted = Step(
+        cutover=c,
+        events=(
+            _event(
+                now, "promoted", f"stage {c.stage_index + 1} promoted by {e.actor}", actor=e.actor
+            ),
+        ),
+    )
+    return promoted.then(_advance(c, now))
+
+
+def _cmd_promote_running(c: Cutover, e: Command, now: float) -> Step:
+    if c.phase is not Phase.HOLDING:
+        return Step(cutover=c, refused=f"cannot promote while {c.phase.value}")
+    return _cmd_promote(c, e, now)
+
+
+def _cmd_abort(c: Cutover, e: Command, now: float) -> Step:
+    return _start_rollback(c, now, f"aborted by {e.actor}", "operator")
+
+
+_COMMANDS: dict[tuple[Status, str], Handler] = {
+    (Status.RUNNING, "pause"): _cmd_pause,
+    (Status.AWAITING_APPROVAL, "pause"): _cmd_pause,
+    (Status.PAUSED, "resume"): _cmd_resume,
+    (Status.RUNNING, "promote"): _cmd_promote_running,
+    (Status.AWAITING_APPROVAL, "promote"): _cmd_promote,
+    (Status.RUNNING, "abort"): _cmd_abort,
+    (Status.AWAITING_APPROVAL, "abort"): _cmd_abort,
+    (Status.PAUSED, "abort"): _cmd_abort,
+}
+
+
+def allowed_commands(status: Status) -> list[str]:
+    return [action for (s, action) in _COMMANDS if s is status]
+
+
+def _on_command(c: Cutover, e: Command, now: float) -> Step:
+    handler = _COMMANDS.get((c.status, e.action))
+    if handler is None:
+        return Step(cutover=c, refused=f"cannot {e.action} a cutover that is {c.status.value}")
+    return handler(c, e, now)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+_ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL, Status.PAUSED)
+_ROLLING = (Status.ROLLING_BACK, Status.FAILED)
+
+TABLE: dict[tuple[Status, type], Handler] = {
+    (Status.RUNNING, PreflightPassed): _on_preflight_passed,
+    (Status.RUNNING, ShiftApplied): _on_shift_applied,
+    (Status.PAUSED, ShiftApplied): _on_shift_applied,
+    (Status.RUNNING, ShiftFailed): _on_shift_failed,
+    (Status.PAUSED, ShiftFailed): _on_shift_failed,
+    (Status.RUNNING, Tick): _on_tick_running,
+    (Status.AWAITING_APPROVAL, Tick): _on_tick_awaiting,
+    (Status.ROLLING_BACK, Tick): _on_tick_rolling_back,
+    **{(s, RollbackVerified): _on_rollback_verified for s in _ROLLING},
+    **{(s, Measured): _on_measured for s in _ACTIVE},
+    **{(s, Observed): _on_observed for s in _ACTIVE},
+    **{(s, Restarted): _on_restarted for s in (*_ACTIVE, *_ROLLING)},
+    **{(s, Command): _on_command for s in Status},
+}
+
+
+def step(c: Cutover, event: Input, now: float) -> Step:
+    """Apply one input. Unknown (status, input) pairs leave the cutover unchanged."""
+    handler = TABLE.get((c.status, type(event)))
+    if handler is None:
+        return Step(cutover=c)
+    result = handler(c, event, now)
+    if result.cutover != c:
+        result = replace(result, cutover=replace(result.cutover, updated_at=now))
+    return result
+
+
+def undo_refusal(
+    *, last_completed: Cutover | None, busy: bool, now: float, undo_window: float
+) -> str | None:
+    """Why ``undo`` is refused now, or ``None`` when it may go ahead."""
+    if busy:
+        return "a cutover is running on this service"
+    if last_completed is None or last_completed.finished_at is None:
+        return "no completed cutover to undo"
+    age = now - last_completed.finished_at
+    if age > undo_window:
+        return f"the last cutover completed {age:.0f}s ago, beyond undo_window {undo_window:g}s"
+    return None

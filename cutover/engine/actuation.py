@@ -1,0 +1,160 @@
+"""Driving routers: forward shifts with the drift guard, and rollbacks retried until verified.
+
+A forward shift reads each router first and writes only when it holds what the daemon last
+wrote (or ``force``): reconciliation may move traffic toward the new color only from our own
+state (PRODUCT.md, Drift). Transient errors are retried with backoff for ``apply_timeout``;
+permanent ones are not. A rollback writes 0 % new with evacuation to every router at once and
+re-reads; it counts as verified when the router *reads* all-old, even if the write errored.
+Routers of one cutover are driven concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Literal
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from cutover.errors import AdapterError, PermanentError, TransientError
+from cutover.observability.metrics import Metrics
+from cutover.routers.base import Reading, Router, RouterState
+
+__all__ = ["RouterOutcome", "rollback_once", "shift"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterOutcome:
+    router: str
+    result: Literal["applied", "drift", "failed"]
+    reading: Reading | None = None
+    error: str = ""
+
+
+class _Timer:
+    """Router operation latency, by router type and operation."""
+
+    def __init__(self, metrics: Metrics | None, router: Router, op: str) -> None:
+        self._metrics, self._router, self._op = metrics, router, op
+
+    def __enter__(self) -> None:
+        self._t0 = perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        if self._metrics is not None:
+            self._metrics.router_latency.labels(self._router.kind, self._op).observe(
+                perf_counter() - self._t0
+            )
+
+
+async def _observe(router: Router, metrics: Metrics | None) -> Reading:
+    with _Timer(metrics, router, "observe"):
+        return await router.observe()
+
+
+async def _shift_one(
+    router: Router,
+    share: int,
+    *,
+    written_state: RouterState | None,
+    force: bool,
+    apply_timeout: float,
+    metrics: Metrics | None,
+) -> RouterOutcome:
+    target = router.expected(share)
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(apply_timeout),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(TransientError),
+            reraise=False,
+        ):
+            with attempt:
+                reading = await _observe(router, metrics)
+                if dict(reading.state) == dict(target):
+                    return RouterOutcome(router=router.name, result="applied", reading=reading)
+                if not force and dict(reading.state) != dict(written_state or {}):
+                    return RouterOutcome(router=router.name, result="drift", reading=reading)
+                with _Timer(metrics, router, "apply"):
+                    await router.apply(share)
+                reading = await _observe(router, metrics)
+                if dict(reading.state) != dict(target):
+                    raise TransientError(
+                        f"router {router.name}: read back {dict(reading.state)} after setting "
+                        f"{share}%, expected {dict(target)}"
+                    )
+                return RouterOutcome(router=router.name, result="applied", reading=reading)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        return RouterOutcome(
+            router=router.name,
+            result="failed",
+            error=f"{last} (still failing after {apply_timeout:g}s of retries)",
+        )
+    except PermanentError as exc:
+        return RouterOutcome(router=router.name, result="failed", error=str(exc))
+    raise AssertionError("unreachable: AsyncRetrying returns or raises")
+
+
+async def shift(
+    routers: Mapping[str, Router],
+    share: int,
+    *,
+    written_states: Mapping[str, RouterState | None],
+    force: bool,
+    apply_timeout: float,
+    metrics: Metrics | None = None,
+) -> list[RouterOutcome]:
+    """Set every router to ``share`` concurrently; one outcome per router."""
+    return list(
+        await asyncio.gather(
+            *(
+                _shift_one(
+                    r,
+                    share,
+                    written_state=written_states.get(name),
+                    force=force,
+                    apply_timeout=apply_timeout,
+                    metrics=metrics,
+                )
+                for name, r in routers.items()
+            )
+        )
+    )
+
+
+async def _rollback_one(router: Router, metrics: Metrics | None) -> RouterOutcome:
+    target = router.expected(0, evacuate=True)
+    write_error = ""
+    try:
+        with _Timer(metrics, router, "rollback"):
+            await router.apply(0, evacuate=True)
+    except AdapterError as exc:
+        write_error = str(exc)
+    try:
+        reading = await _observe(router, metrics)
+    except AdapterError as exc:
+        return RouterOutcome(router=router.name, result="failed", error=write_error or str(exc))
+    if dict(reading.state) == dict(target):
+        return RouterOutcome(router=router.name, result="applied", reading=reading)
+    return RouterOutcome(
+        router=router.name,
+        result="failed",
+        reading=reading,
+        error=write_error or f"reads {dict(reading.state)}, not all-old",
+    )
+
+
+async def rollback_once(
+    routers: Mapping[str, Router], metrics: Metrics | None = None
+) -> list[RouterOutcome]:
+    """One concurrent rollback attempt on the given routers."""
+    return list(await asyncio.gather(*(_rollback_one(r, metrics) for r in routers.values())))

@@ -1,0 +1,333 @@
+"""One runner per active cutover: inputs -> ``core.machine.step`` -> persist -> act.
+
+Everything that can change a cutover (check results, timer ticks, router read-backs, results
+of actuation, operator commands) is put on one queue and handled one at a time, so operator
+commands arriving during a stage change are serialized, never lost. Each handled input is
+stepped through the pure machine together with the monotonic time that passed; the new
+cutover and its journal events are written in one store transaction *before* the actions are
+started (PRODUCT.md, Restart). Actuation runs as one background task at a time: a newer
+action (a rollback) cancels an older one (a forward shift), so rollback starts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+import structlog
+
+from cutover.checks.base import Check
+from cutover.core import machine
+from cutover.core.machine import (
+    Action,
+    Apply,
+    Command,
+    Input,
+    Measured,
+    Observed,
+    Rollback,
+    RollbackVerified,
+    ShiftApplied,
+    ShiftFailed,
+    Step,
+    Tick,
+)
+from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict
+from cutover.engine.actuation import rollback_once, shift
+from cutover.engine.clock import Clock
+from cutover.errors import AdapterError, ConflictError, StoreError
+from cutover.observability.metrics import Metrics
+from cutover.routers.base import Reading, Router
+from cutover.store.base import StateStore
+
+__all__ = ["Runner"]
+
+#: Seconds between timer ticks: the resolution of holds and timeouts.
+TICK = 0.25
+#: Persist the hold's progress at least this often even when nothing else changed.
+PERSIST_EVERY = 5.0
+ROLLBACK_BACKOFF_MAX = 5.0
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """Only time passed."""
+
+
+@dataclass(frozen=True)
+class _ReadBack:
+    router: str
+    reading: Reading | None
+    error: str = ""
+
+
+_Item = Input | _Wake | _ReadBack
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        cutover: Cutover,
+        routers: Mapping[str, Router],
+        checks: Mapping[str, Check],
+        store: StateStore,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        on_change: Callable[[Cutover, list[Event]], Awaitable[None]] | None = None,
+        tick: float = TICK,
+    ) -> None:
+        self.cutover = cutover
+        self._routers = dict(routers)
+        self._checks = dict(checks)
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._on_change = on_change
+        self._tick = tick
+        self._inbox: asyncio.Queue[tuple[_Item, asyncio.Future[Step] | None]] = asyncio.Queue()
+        self._actuation: asyncio.Task[None] | None = None
+        self._last_mono = clock.monotonic()
+        self._last_persist = self._last_mono
+        self._unsaved_events: list[Event] = []
+        self._log = structlog.get_logger().bind(service=cutover.service, cutover=cutover.id)
+        interval = min((p.interval for p in cutover.plan.checks), default=5.0)
+        self._observe_every = max(1.0, min(interval, 10.0))
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def command(self, cmd: Command) -> Cutover:
+        """Hand an operator command to the runner; returns the cutover after it, or raises
+        :class:`ConflictError` when the command does not apply now."""
+        fut: asyncio.Future[Step] = asyncio.get_running_loop().create_future()
+        await self._inbox.put((cmd, fut))
+        result = await fut
+        if result.refused:
+            raise ConflictError(result.refused, code="invalid_state")
+        return result.cutover
+
+    async def run(self, *, restarted: bool) -> Cutover:
+        """Drive the cutover until it is completed or rolled back (or the task is cancelled:
+        a daemon stopping leaves traffic as it is)."""
+        self._log.info("runner started", restarted=restarted, status=self.cutover.status.value)
+        background = [
+            asyncio.create_task(self._ticker(), name=f"tick-{self.cutover.id}"),
+            asyncio.create_task(self._observer(), name=f"observe-{self.cutover.id}"),
+            *(
+                asyncio.create_task(self._check_loop(name, check), name=f"check-{name}")
+                for name, check in self._checks.items()
+            ),
+        ]
+        try:
+            if restarted:
+                await self._handle(machine.Restarted(), None)
+            if self.cutover.phase is Phase.PREFLIGHT and self.cutover.status is Status.RUNNING:
+                await self._handle(machine.PreflightPassed(), None)
+            while not self.cutover.status.terminal:
+                item, fut = await self._inbox.get()
+                await self._handle(item, fut)
+            self._log.info("runner finished", status=self.cutover.status.value)
+            return self.cutover
+        finally:
+            for task in background:
+                task.cancel()
+            await self._cancel_actuation()
+            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(
+                *(r.aclose() for r in self._routers.values()),
+                *(c.aclose() for c in self._checks.values()),
+                return_exceptions=True,
+            )
+            while not self._inbox.empty():  # nobody will answer these any more
+                _, fut = self._inbox.get_nowait()
+                if fut is not None and not fut.done():
+                    fut.set_exception(ConflictError("the cutover is no longer running"))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def _handle(self, item: _Item, fut: asyncio.Future[Step] | None) -> None:
+        now_mono = self._clock.monotonic()
+        dt = max(0.0, now_mono - self._last_mono)
+        self._last_mono = now_mono
+        now = self._clock.time()
+        before = self.cutover
+        step = machine.step(before, Tick(dt=dt), now)
+        event = self._to_input(step.cutover, item)
+        if event is not None:
+            step = step.then(machine.step(step.cutover, event, now))
+        if fut is not None and not fut.done():
+            fut.set_result(step)
+        await self._commit(before, step, now_mono)
+
+    def _to_input(self, c: Cutover, item: _Item) -> Input | None:
+        if isinstance(item, _Wake):
+            return None
+        if isinstance(item, _ReadBack):
+            return self._observed(c, item)
+        return item
+
+    def _observed(self, c: Cutover, rb: _ReadBack) -> Observed | None:
+        """A periodic read-back, judged against the cutover as it is *now*."""
+        if self._actuation is not None and not self._actuation.done():
+            return None  # a shift or rollback is under way; its own outcome reports
+        if rb.reading is None:
+            return Observed(router=rb.router, error=rb.error)
+        router = self._routers[rb.router]
+        status = c.router(rb.router)
+        evacuated = c.status in (Status.ROLLING_BACK, Status.FAILED, Status.ROLLED_BACK)
+        desired_state = dict(router.expected(status.desired, evacuate=evacuated))
+        state = dict(rb.reading.state)
+        at_desired = state == desired_state
+        return Observed(
+            router=rb.router,
+            share=rb.reading.share,
+            detail=rb.reading.detail,
+            known=at_desired or state == dict(status.written_state or {}),
+            at_desired=at_desired,
+        )
+
+    async def _commit(self, before: Cutover, step: Step, now_mono: float) -> None:
+        c = step.cutover
+        events = [*self._unsaved_events, *step.events]
+        only_time = (
+            not events
+            and not step.actions
+            and replace(c, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
+            == replace(before, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
+        )
+        if c == before or (only_time and now_mono - self._last_persist < PERSIST_EVERY):
+            self.cutover = c
+            return
+        try:
+            c = await self._store.save(c, events)
+            self._unsaved_events = []
+            self._last_persist = now_mono
+        except StoreError as exc:
+            # Not persisted, so not acted on -- except a rollback, which is always safe.
+            self._unsaved_events = events
+            self._log.error("state store write failed", error=str(exc), alarm=True)
+            self.cutover = c
+            if any(isinstance(a, Rollback) for a in step.actions):
+                await self._start_actuation(Rollback())
+            return
+        self.cutover = c
+        for e in step.events:
+            self._log.info(e.message, event=e.kind, status=c.status.value, **e.data)
+        if self._metrics is not None:
+            self._metrics.observe_cutover(c)
+            for e in step.events:
+                if e.kind == "rollback_started":
+                    self._metrics.rollbacks.labels(c.service, str(e.data.get("cause"))).inc()
+        if self._on_change is not None:
+            await self._on_change(c, list(step.events))
+        for action in step.actions:
+            await self._start_actuation(action)
+
+    # --- actuation --------------------------------------------------------------------------
+
+    async def _cancel_actuation(self) -> None:
+        task, self._actuation = self._actuation, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _start_actuation(self, action: Action) -> None:
+        await self._cancel_actuation()
+        coro = self._apply(action) if isinstance(action, Apply) else self._rollback()
+        self._actuation = asyncio.create_task(coro, name=f"actuate-{self.cutover.id}")
+
+    async def _apply(self, action: Apply) -> None:
+        c = self.cutover
+        outcomes = await shift(
+            self._routers,
+            action.share,
+            written_states={r.name: r.written_state for r in c.routers},
+            force=action.force,
+            apply_timeout=c.plan.apply_timeout,
+            metrics=self._metrics,
+        )
+        failed = [o for o in outcomes if o.result == "failed"]
+        drifted = [o for o in outcomes if o.result == "drift"]
+        if failed:
+            await self._inbox.put(
+                (
+                    ShiftFailed(share=action.share, router=failed[0].router, error=failed[0].error),
+                    None,
+                )
+            )
+        elif drifted:
+            for o in drifted:
+                assert o.reading is not None
+                await self._inbox.put(
+                    (
+                        Observed(
+                            router=o.router,
+                            share=o.reading.share,
+                            detail=o.reading.detail,
+                            known=False,
+                            at_desired=False,
+                        ),
+                        None,
+                    )
+                )
+        else:
+            states = {o.router: dict(o.reading.state) for o in outcomes if o.reading is not None}
+            await self._inbox.put((ShiftApplied(share=action.share, states=states), None))
+
+    async def _rollback(self) -> None:
+        pending = dict(self._routers)
+        states: dict[str, dict[str, str]] = {}
+        delay = 0.1
+        while pending:
+            for outcome in await rollback_once(pending, self._metrics):
+                if outcome.result == "applied" and outcome.reading is not None:
+                    states[outcome.router] = dict(outcome.reading.state)
+                    del pending[outcome.router]
+                else:
+                    self._log.warning(
+                        "rollback not verified yet", router=outcome.router, error=outcome.error
+                    )
+                    await self._inbox.put(
+                        (Observed(router=outcome.router, error=outcome.error), None)
+                    )
+            if pending:
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
+        await self._inbox.put((RollbackVerified(states=states), None))
+
+    # --- background feeders -----------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await self._clock.sleep(self._tick)
+            await self._inbox.put((_Wake(), None))
+
+    async def _observer(self) -> None:
+        while True:
+            await self._clock.sleep(self._observe_every)
+            if self.cutover.status not in (Status.RUNNING, Status.AWAITING_APPROVAL, Status.PAUSED):
+                continue
+            if self._actuation is not None and not self._actuation.done():
+                continue
+            for name, router in self._routers.items():
+                try:
+                    reading: Reading | None = await router.observe()
+                    error = ""
+                except AdapterError as exc:
+                    reading, error = None, str(exc)
+                await self._inbox.put((_ReadBack(name, reading, error), None))
+
+    async def _check_loop(self, name: str, check: Check) -> None:
+        interval = self.cutover.policy(name).interval
+        while True:
+            try:
+                m = await check.measure()
+            except Exception as exc:  # a check must not raise; if one does, it is an error
+                m = Measurement(
+                    verdict=Verdict.ERROR, detail=f"check crashed: {exc!r}", at=self._clock.time()
+                )
+            await self._inbox.put((Measured(check=name, measurement=m), None))
+            await self._clock.sleep(interval)

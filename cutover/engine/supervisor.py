@@ -1,0 +1,274 @@
+"""The supervisor: one runner per active cutover, start/undo/commands, clean shutdown.
+
+On start-up it resumes every active cutover from the store (PRODUCT.md, Restart). Starts of one
+service are serialized by a per-service lock and, across processes, by the store's
+one-active-cutover rule. Stopping cancels the runners: traffic stays as it is, and the next
+daemon picks every cutover up where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Literal
+
+import structlog
+
+from cutover.checks.base import Check, color_placeholders
+from cutover.config import Config, ServiceSpec
+from cutover.core import machine
+from cutover.core.model import Color, Cutover, Event, Plan, Stage, other_color
+from cutover.engine.clock import Clock
+from cutover.engine.preflight import preflight
+from cutover.engine.runner import Runner
+from cutover.errors import ConflictError, NotFoundError
+from cutover.observability.metrics import Metrics
+from cutover.routers.base import Router
+from cutover.store.base import StateStore
+
+__all__ = ["Supervisor"]
+
+Listener = Callable[[Cutover, list[Event]], Awaitable[None]]
+
+
+def _new_id() -> str:
+    return "co-" + secrets.token_hex(6)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: StateStore,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        listeners: tuple[Listener, ...] = (),
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._listeners = listeners
+        self._runners: dict[str, tuple[Runner, asyncio.Task[Cutover]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._live: dict[str, Color] = {}
+        self._log = structlog.get_logger()
+        self.started = False
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume every active cutover found in the store."""
+        for service in self.config.services:
+            await self._refresh_live(service)
+        for c in await self._store.active():
+            spec = self._frozen_spec(c)
+            routers, checks = self._adapters(spec, c.service, c.to_color)
+            self._spawn(c, routers, checks, restarted=True)
+        self.started = True
+
+    async def stop(self) -> None:
+        """Cancel every runner without touching traffic."""
+        tasks = [task for _, task in self._runners.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runners.clear()
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def live(self, service: str) -> Color:
+        return self._live.get(service) or self.config.service(service).live
+
+    def runner(self, cutover_id: str) -> Runner | None:
+        entry = self._runners.get(cutover_id)
+        return entry[0] if entry else None
+
+    async def get(self, cutover_id: str) -> Cutover:
+        runner = self.runner(cutover_id)
+        if runner is not None:
+            return runner.cutover
+        c = await self._store.get(cutover_id)
+        if c is None:
+            raise NotFoundError(f"no cutover {cutover_id!r}")
+        return c
+
+    async def latest(self, service: str) -> Cutover | None:
+        self.config.service(service)  # 404 for an unknown service
+        for runner, _ in self._runners.values():
+            if runner.cutover.service == service:
+                return runner.cutover
+        history = await self._store.history(service, limit=1)
+        return history[0] if history else None
+
+    # --- operator actions --------------------------------------------------------------------
+
+    async def start_cutover(self, service: str, *, actor: str) -> Cutover:
+        spec = self.config.service(service)
+        async with self._lock(service):
+            await self._refuse_if_busy(service)
+            live = self.live(service)
+            return await self._launch(
+                service, spec, spec.plan(), from_color=live, kind="cutover", actor=actor
+            )
+
+    async def undo(self, service: str, *, actor: str) -> Cutover:
+        """All traffic back to the previous color at once: a one-stage cutover at 100 %."""
+        spec = self.config.service(service)
+        async with self._lock(service):
+            last = await self._store.last_completed(service)
+            refusal = machine.undo_refusal(
+                last_completed=last,
+                busy=await self._busy(service),
+                now=self._clock.time(),
+                undo_window=spec.undo_window,
+            )
+            if refusal is not None or last is None:
+                raise ConflictError(f"cannot undo {service}: {refusal}", code="undo_refused")
+            plan = replace(
+                last.plan, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause"
+            )
+            return await self._launch(
+                service, spec, plan, from_color=last.to_color, kind="undo", actor=actor
+            )
+
+    async def command(self, cutover_id: str, command: machine.Command) -> Cutover:
+        runner = self.runner(cutover_id)
+        if runner is None:
+            c = await self.get(cutover_id)
+            raise ConflictError(
+                f"cannot {command.action} cutover {cutover_id}: it is {c.status.value}",
+                code="invalid_state",
+            )
+        return await runner.command(command)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _lock(self, service: str) -> asyncio.Lock:
+        return self._locks.setdefault(service, asyncio.Lock())
+
+    async def _busy(self, service: str) -> bool:
+        return any(c.service == service for c in await self._store.active())
+
+    async def _refuse_if_busy(self, service: str) -> None:
+        for c in await self._store.active():
+            if c.service == service:
+                raise ConflictError(
+                    f"service {service} already has cutover {c.id} ({c.status.value})",
+                    code="cutover_running",
+                )
+
+    async def _launch(
+        self,
+        service: str,
+        spec: ServiceSpec,
+        plan: Plan,
+        *,
+        from_color: Color,
+        kind: Literal["cutover", "undo"],
+        actor: str,
+    ) -> Cutover:
+        to_color = other_color(from_color)
+        routers, checks = self._adapters(spec, service, to_color)
+        try:
+            states = await preflight(
+                routers,
+                checks,
+                new=to_color,
+                dry_run=frozenset(p.name for p in plan.checks if p.dry_run),
+                exact=kind == "cutover",
+            )
+            created = machine.new_cutover(
+                cutover_id=_new_id(),
+                service=service,
+                from_color=from_color,
+                to_color=to_color,
+                plan=plan,
+                router_kinds={name: r.kind for name, r in routers.items()},
+                router_states={name: dict(s) for name, s in states.items()},
+                now=self._clock.time(),
+                kind=kind,
+                actor=actor,
+            )
+            c = replace(created.cutover, spec=spec.model_dump(mode="json"))
+            c = await self._store.create(c, list(created.events))
+        except BaseException:
+            await _close(routers, checks)
+            raise
+        await self._notify(c, list(created.events))
+        self._spawn(c, routers, checks, restarted=False)
+        return c
+
+    def _frozen_spec(self, c: Cutover) -> ServiceSpec:
+        return ServiceSpec.model_validate(c.spec) if c.spec else self.config.service(c.service)
+
+    @staticmethod
+    def _adapters(
+        spec: ServiceSpec, service: str, new: Color
+    ) -> tuple[dict[str, Router], dict[str, Check]]:
+        placeholders = color_placeholders(service=service, new=new)
+        return (
+            {r.name: r.build(new=new) for r in spec.routers},
+            {c.name: c.build(placeholders=placeholders) for c in spec.checks},
+        )
+
+    def _spawn(
+        self,
+        c: Cutover,
+        routers: dict[str, Router],
+        checks: dict[str, Check],
+        *,
+        restarted: bool,
+    ) -> None:
+        runner = Runner(
+            cutover=c,
+            routers=routers,
+            checks=checks,
+            store=self._store,
+            clock=self._clock,
+            metrics=self._metrics,
+            on_change=self._notify,
+        )
+        task = asyncio.create_task(runner.run(restarted=restarted), name=f"runner-{c.id}")
+        self._runners[c.id] = (runner, task)
+        task.add_done_callback(lambda t: self._finished(c.id, t))
+        if self._metrics is not None:
+            self._metrics.observe_cutover(c)
+
+    def _finished(self, cutover_id: str, task: asyncio.Task[Cutover]) -> None:
+        entry = self._runners.pop(cutover_id, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._log.error("runner crashed", cutover=cutover_id, error=repr(exc), alarm=True)
+            return
+        c = task.result()
+        if entry is not None and c.status.value == "completed":
+            self._live[c.service] = c.to_color
+            if self._metrics is not None:
+                self._metrics.set_live(c.service, c.to_color)
+
+    async def _refresh_live(self, service: str) -> None:
+        last = await self._store.last_completed(service)
+        live = last.to_color if last else self.config.service(service).live
+        self._live[service] = live
+        if self._metrics is not None:
+            self._metrics.set_live(service, live)
+
+    async def _notify(self, c: Cutover, events: list[Event]) -> None:
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await listener(c, events)
+
+
+async def _close(routers: dict[str, Router], checks: dict[str, Check]) -> None:
+    await asyncio.gather(
+        *(r.aclose() for r in routers.values()),
+        *(c.aclose() for c in checks.values()),
+        return_exceptions=True,
+    )

@@ -1,0 +1,96 @@
+"""The one small interface every traffic router implements.
+
+A router splits one place's traffic (an HAProxy backend, a DNS name) between the two colors of
+a service. It is built per cutover, so it knows which color is *new*; every share it takes or
+reports is the new color's share of traffic in percent (0 = all old, 100 = all new).
+
+Verification compares *router state* (what the router holds: per-server weights and admin
+states, or the published records), never the effective share alone: a server that fails its
+health check changes the effective share, yet nobody changed what we wrote, so that is no drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import Field
+
+from cutover.core.model import Color
+from cutover.specs import Spec
+
+__all__ = ["Reading", "Router", "RouterSpecBase", "RouterState"]
+
+#: What a router holds, as plain JSON-able data: e.g. ``{"green1": "w50", "blue1": "maint"}``.
+RouterState = Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reading:
+    """One read-back of a router.
+
+    ``share`` is the new color's effective share of traffic in percent, or ``None`` when it is
+    undefined (no server can take traffic). ``state`` is what the router holds, comparable with
+    :meth:`Router.expected`. ``detail`` is a short human note (e.g. DNS "address share").
+    """
+
+    share: float | None
+    state: RouterState
+    detail: str = ""
+
+
+class Router(Protocol):
+    """One traffic router of one cutover. Implementations translate their errors into
+    :class:`cutover.errors.TransientError` / :class:`cutover.errors.PermanentError`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """The config ``type:`` of this router, e.g. ``haproxy``."""
+        ...
+
+    def expected(self, share: int, *, evacuate: bool = False) -> RouterState:
+        """The state :meth:`apply` writes for ``share`` (pure; no I/O)."""
+        ...
+
+    async def preflight(self) -> None:
+        """Raise if this router cannot be driven at all (unreachable, unsupported setup)."""
+        ...
+
+    async def apply(self, share: int, *, evacuate: bool = False) -> None:
+        """Set the new color's share, in as few round trips as the server allows.
+
+        ``evacuate`` (rollback only) also moves persistent sessions off the new color where
+        the router can (HAProxy: ``maint``)."""
+        ...
+
+    async def observe(self) -> Reading:
+        """Read back what the router holds now."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class RouterSpecBase(Spec):
+    """Fields every router has. ``blue``/``green`` list what each color is made of
+    (servers for a load balancer, addresses for DNS)."""
+
+    type: str
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    blue: list[str] = Field(min_length=1)
+    green: list[str] = Field(min_length=1)
+
+    @property
+    def ttl(self) -> int | None:
+        """The published TTL of a DNS router; ``None`` for load balancers."""
+        return None
+
+    def claims(self) -> set[str]:
+        """Things only one service may drive (a backend server, a DNS record), as keys."""
+        raise NotImplementedError  # each router module's spec overrides this
+
+    def build(self, *, new: Color) -> Router:
+        raise NotImplementedError  # each router module's spec overrides this

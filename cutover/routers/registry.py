@@ -1,0 +1,12 @@
+"""Every router type, by its config ``type:``. An unknown type is a config error."""
+
+from __future__ import annotations
+
+from cutover.routers.base import RouterSpecBase
+from cutover.routers.haproxy import HAProxySpec
+
+__all__ = ["ROUTER_SPECS"]
+
+ROUTER_SPECS: dict[str, type[RouterSpecBase]] = {
+    "haproxy": HAProxySpec,
+}

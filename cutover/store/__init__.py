@@ -1,0 +1,1 @@
+"""State stores behind :class:`cutover.store.base.StateStore`."""

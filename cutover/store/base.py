@@ -1,0 +1,59 @@
+"""The state store: every cutover record with a revision, and its append-only event journal.
+
+Every write goes through :meth:`StateStore.create` or :meth:`StateStore.save`, each one
+transaction that stores the new record *and* its events together, guarded by the revision
+(optimistic concurrency), so that a fencing token can be checked in the same transaction when a
+replicated store arrives (recipes/state-and-ha.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from cutover.core.model import Cutover, Event
+
+__all__ = ["StateStore"]
+
+
+class StateStore(ABC):
+    @abstractmethod
+    async def open(self) -> None:
+        """Create the schema if needed and take the store's lock: a second daemon on the same
+        store gets :class:`cutover.errors.StoreError` with a clear message."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abstractmethod
+    async def create(self, cutover: Cutover, events: Sequence[Event]) -> Cutover:
+        """Insert a new cutover (revision 1) with its first events.
+
+        Raises :class:`cutover.errors.ConflictError` when the service already has an active
+        (non-terminal) cutover: checked in the same transaction, so concurrent starts get
+        exactly one winner."""
+
+    @abstractmethod
+    async def save(self, cutover: Cutover, events: Sequence[Event]) -> Cutover:
+        """Store ``cutover`` if the stored revision still equals ``cutover.revision``; return
+        it with the revision incremented. Events get their per-cutover ``seq`` in order.
+        Raises :class:`cutover.errors.StaleRevisionError` otherwise."""
+
+    @abstractmethod
+    async def get(self, cutover_id: str) -> Cutover | None: ...
+
+    @abstractmethod
+    async def active(self) -> list[Cutover]:
+        """Every cutover that is not completed or rolled back (``failed`` included)."""
+
+    @abstractmethod
+    async def history(self, service: str, limit: int = 50) -> list[Cutover]:
+        """The service's cutovers, newest first."""
+
+    @abstractmethod
+    async def last_completed(self, service: str) -> Cutover | None:
+        """The newest ``completed`` cutover of the service (it decides the live color)."""
+
+    @abstractmethod
+    async def events(self, cutover_id: str, after_seq: int = 0) -> list[Event]:
+        """The journal of one cutover, oldest first, with ``seq`` > ``after_seq``."""

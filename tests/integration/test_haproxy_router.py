@@ -1,0 +1,315 @@
+"""The HAProxy router against a real HAProxy 2.6 with real demo apps behind it.
+
+Every split is measured with real HTTP requests through HAProxy (a new connection each) and
+counted per color, never per server (recipes/lb-and-metrics.md, pitfall 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cutover.errors import PermanentError, TransientError
+from cutover.routers.base import Reading
+from cutover.routers.haproxy import HAProxyRouter, HAProxySpec
+from tests.integration.conftest import HAProxyStack
+from tests.servers import free_port, split
+
+REQUESTS = 2000
+TOLERANCE = 3.0  # percentage points
+
+
+async def measured_green(stack: HAProxyStack, n: int = REQUESTS) -> float:
+    counts = await split(stack.port, n, conc=20, time_limit=30.0)
+    assert sum(counts.values()) == n, counts
+    assert set(counts) <= {"blue", "green"}, f"non-200 answers or errors: {counts}"
+    green = 100.0 * counts["green"] / n
+    print(f"  {stack.backend}: {dict(counts)} -> green {green:.2f} %")
+    return green
+
+
+async def observe_until(
+    router: HAProxyRouter, done: Callable[[Reading], bool], within: float = 10.0
+) -> Reading:
+    """Observe every 0.1 s until ``done(reading)`` or ``within`` seconds passed."""
+    reading = await router.observe()
+    for _ in range(int(within * 10)):
+        if done(reading):
+            break
+        await asyncio.sleep(0.1)
+        reading = await router.observe()
+    return reading
+
+
+async def ready_router(stack: HAProxyStack, **overrides: object) -> HAProxyRouter:
+    router = stack.spec(**overrides).build(new="green")
+    await router.preflight()
+    return router
+
+
+# (a) the share set is the share measured -------------------------------------------------------
+
+
+async def test_measured_split_follows_share(haproxy_stack: HAProxyStack) -> None:
+    router = await ready_router(haproxy_stack)
+    assert router.kind == "haproxy" and router.name == "checkout-lb"
+    for share in (0, 10, 33, 50, 90, 100):
+        await router.apply(share)
+        green = await measured_green(haproxy_stack)
+        print(f"share {share}: measured green {green:.2f} %")
+        if share in (0, 100):
+            assert green == share
+        else:
+            assert abs(green - share) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "haproxy_stack", [{"blue1": 30, "blue2": 10, "green1": 5, "green2": 20}], indirect=True
+)
+async def test_unequal_configured_weights(haproxy_stack: HAProxyStack) -> None:
+    router = await ready_router(haproxy_stack)
+    assert router.configured_weights == {"blue1": 30, "blue2": 10, "green1": 5, "green2": 20}
+    weights = router.weights(50)
+    # in proportion to the configured weights within each color
+    assert weights["blue1"] == 3 * weights["blue2"]
+    assert weights["green2"] == 4 * weights["green1"]
+    assert router.expected(0) == {"blue1": "w30", "blue2": "w10", "green1": "w0", "green2": "w0"}
+    for share in (10, 50, 90):
+        await router.apply(share)
+        assert (await router.observe()).state == router.expected(share)
+        green = await measured_green(haproxy_stack)
+        print(f"unequal weights, share {share}: measured green {green:.2f} %")
+        assert abs(green - share) <= TOLERANCE
+
+
+# (b) + (h) read-back equals what was written, over both socket forms ---------------------------
+
+
+@pytest.mark.parametrize("form", ["unix", "tcp"])
+async def test_observe_matches_expected(haproxy_stack: HAProxyStack, form: str) -> None:
+    api = haproxy_stack.runtime_unix if form == "unix" else haproxy_stack.runtime_tcp
+    assert api.startswith(f"{form}:")
+    router = await ready_router(haproxy_stack, runtime_api=api)
+    for share in (0, 1, 10, 33, 50, 90, 99, 100):
+        await router.apply(share)
+        reading = await router.observe()
+        assert reading.state == router.expected(share)
+        assert reading.share == pytest.approx(share)
+        assert reading.detail == "blue 2/2 up, green 2/2 up"
+    await router.apply(0, evacuate=True)
+    reading = await router.observe()
+    assert reading.state == router.expected(0, evacuate=True)
+    assert reading.state == {"blue1": "w10", "blue2": "w10", "green1": "maint", "green2": "maint"}
+    assert reading.share == 0.0
+    if form == "tcp":  # the same router also moves real traffic over TCP
+        await router.apply(25)
+        assert abs(await measured_green(haproxy_stack, 1000) - 25) <= TOLERANCE
+    await router.aclose()
+
+
+async def test_drain_by_someone_else_is_visible_and_reasserted(
+    haproxy_stack: HAProxyStack,
+) -> None:
+    router = await ready_router(haproxy_stack)
+    await router.apply(50)
+    await haproxy_stack.haproxy.cli("set server checkout/green1 state drain")
+    reading = await router.observe()
+    assert reading.state["green1"] == "drain"
+    assert reading.state != router.expected(50)
+    assert reading.share == pytest.approx(100 / 3)
+    await router.apply(50)  # we own the state of the listed servers
+    reading = await router.observe()
+    assert reading.state == router.expected(50)
+    assert reading.share == pytest.approx(50)
+
+
+# (c) evacuate and come back ---------------------------------------------------------------------
+
+
+async def test_evacuate_then_forward(haproxy_stack: HAProxyStack) -> None:
+    router = await ready_router(haproxy_stack)
+    await router.apply(50)
+    await router.apply(0, evacuate=True)
+    reading = await router.observe()
+    assert reading.state["green1"] == reading.state["green2"] == "maint"
+    assert "green 0/2 up (2 maint)" in reading.detail
+    assert await measured_green(haproxy_stack, 500) == 0.0
+    await router.apply(50)
+    reading = await router.observe()
+    assert reading.state == router.expected(50)
+    assert set(reading.state.values()) == {"w256"}
+    green = await measured_green(haproxy_stack)
+    print(f"after evacuate, share 50: measured green {green:.2f} %")
+    assert abs(green - 50) <= TOLERANCE
+
+
+# (d) what HAProxy does not have --------------------------------------------------------------
+
+
+async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStack) -> None:
+    router = haproxy_stack.spec(green=["green1", "green2", "green3"]).build(new="green")
+    with pytest.raises(PermanentError, match=r"checkout-lb.*'checkout'.*green3") as info:
+        await router.preflight()
+    print(f"missing server: {info.value}")
+    with pytest.raises(PermanentError, match=r"'checkout'.*green3"):
+        await router.apply(10)
+
+    router = haproxy_stack.spec(backend="nosuch").build(new="green")
+    with pytest.raises(PermanentError, match=r"checkout-lb.*'nosuch'") as info:
+        await router.preflight()
+    print(f"missing backend: {info.value}")
+
+    # blue2 is left out of the spec but would still take traffic
+    router = haproxy_stack.spec(blue=["blue1"]).build(new="green")
+    with pytest.raises(PermanentError, match=r"blue2 in neither blue nor green"):
+        await router.preflight()
+
+
+# (e) unreachable runtime API ------------------------------------------------------------------
+
+
+async def test_unreachable_socket_is_transient(haproxy_stack: HAProxyStack, tmp_path: Path) -> None:
+    missing = f"unix:{tmp_path}/no-such.sock"
+    router = haproxy_stack.spec(runtime_api=missing).build(new="green")
+    for call in (router.preflight(), router.observe(), router.apply(10)):
+        with pytest.raises(TransientError, match=r"checkout-lb.*no-such\.sock.*not found") as info:
+            await call
+    print(f"missing unix socket: {info.value}")
+
+    closed = f"tcp:127.0.0.1:{free_port()}"
+    router = haproxy_stack.spec(runtime_api=closed).build(new="green")
+    with pytest.raises(TransientError, match=r"checkout-lb.*" + closed + ".*refused") as info:
+        await router.observe()
+    print(f"closed tcp port: {info.value}")
+
+
+async def test_silent_runtime_api_times_out(haproxy_stack: HAProxyStack) -> None:
+    release = asyncio.Event()
+    handlers: list[asyncio.Task[object]] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        await reader.readline()
+        await release.wait()  # reads the command, never answers
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        spec = haproxy_stack.spec(runtime_api=f"tcp:127.0.0.1:{port}", timeout="200ms")
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match=r"checkout-lb.*no answer within 0\.2s"):
+            await spec.build(new="green").observe()
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        release.set()
+        await asyncio.gather(*handlers)
+        server.close()
+        await server.wait_closed()
+
+
+# (f) balance algorithms where weights do not set the split -----------------------------------
+
+
+@pytest.mark.parametrize(("backend", "algo"), [("static", "static-rr"), ("hashed", "source")])
+async def test_static_or_hashed_balance_is_refused(
+    haproxy_stack: HAProxyStack, backend: str, algo: str
+) -> None:
+    router = haproxy_stack.spec(backend=backend).build(new="green")
+    with pytest.raises(PermanentError, match=rf"'{backend}' uses 'balance {algo}'") as info:
+        await router.preflight()
+    print(f"{algo}: {info.value}")
+    if algo == "static-rr":  # without preflight, HAProxy's own answer is reported per server
+        with pytest.raises(PermanentError, match=r"server 'blue1'.*static LB algorithm"):
+            await router.apply(10)
+
+
+async def test_random_balance_is_accepted(haproxy_stack: HAProxyStack) -> None:
+    router = await ready_router(haproxy_stack, backend="randomized")
+    await router.apply(30)
+    assert (await router.observe()).state == router.expected(30)
+    haproxy_stack.backend = "randomized"
+    green = await measured_green(haproxy_stack)
+    print(f"balance random, share 30: measured green {green:.2f} %")
+    # random(2) follows the weights statistically: binomial noise (sd ~1 point) plus a small
+    # bias of the power-of-two choice under 20 concurrent requests (seen: 30.8..32.5 %)
+    assert abs(green - 30) <= 5.0
+
+
+# (g) health is not router state --------------------------------------------------------------
+
+
+async def test_down_server_changes_share_not_state(haproxy_stack: HAProxyStack) -> None:
+    router = await ready_router(haproxy_stack)
+    await router.apply(50)
+    before = await router.observe()
+    assert before.share == pytest.approx(50)
+    await haproxy_stack.apps["green1"].set_health(False)
+    reading = await observe_until(router, lambda r: r.share != before.share)
+    assert reading.share == pytest.approx(100 / 3)  # 256 green of 768 up
+    assert reading.state == before.state == router.expected(50)
+    assert reading.detail == "blue 2/2 up, green 1/2 up"
+    green = await measured_green(haproxy_stack, 1000)
+    assert abs(green - 100 / 3) <= TOLERANCE
+    # preflight insists that the live (blue) servers are up
+    await haproxy_stack.apps["blue2"].set_health(False)
+    await observe_until(router, lambda r: r.detail.startswith("blue 1/2"))
+    with pytest.raises(TransientError, match=r"live \(blue\) server\(s\) blue2 not UP"):
+        await router.preflight()
+
+
+# the spec itself (no server needed) -----------------------------------------------------------
+
+GOOD = {
+    "type": "haproxy",
+    "name": "edge",
+    "runtime_api": "unix:/run/haproxy/admin.sock",
+    "backend": "checkout",
+    "blue": ["blue1", "blue2"],
+    "green": ["green1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"runtime_api": "/run/haproxy.sock"}, "runtime_api must be 'unix:"),
+        ({"runtime_api": "unix:"}, "no socket path"),
+        ({"runtime_api": "tcp:127.0.0.1"}, "need a host and a port"),
+        ({"runtime_api": "tcp:127.0.0.1:99999"}, "need a host and a port"),
+        ({"runtime_api": "http://127.0.0.1:9999"}, "runtime_api must be"),
+        ({"backend": "check out"}, "not a valid HAProxy name"),
+        ({"green": ["green1; set server x/y weight 0"]}, "not a valid HAProxy name"),
+        ({"green": ["blue1"]}, "in both blue and green: blue1"),
+        ({"blue": ["blue1", "blue1"]}, "blue lists server"),
+        ({"timeout": "0s"}, "greater than 0"),
+        ({"type": "nginx"}, "haproxy"),
+    ],
+)
+def test_spec_rejects(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        HAProxySpec.model_validate({**GOOD, **changes})
+
+
+def test_spec_values_claims_and_expected() -> None:
+    spec = HAProxySpec.model_validate({**GOOD, "timeout": "250ms"})
+    assert spec.timeout == 0.25
+    assert HAProxySpec.model_validate(GOOD).timeout == 2.0
+    assert HAProxySpec.model_validate({**GOOD, "runtime_api": "tcp:[::1]:9999"})
+    assert spec.claims() == {
+        "haproxy:unix:/run/haproxy/admin.sock:checkout/blue1",
+        "haproxy:unix:/run/haproxy/admin.sock:checkout/blue2",
+        "haproxy:unix:/run/haproxy/admin.sock:checkout/green1",
+    }
+    router = spec.build(new="blue")
+    assert router.name == "edge" and router.kind == "haproxy"
+    with pytest.raises(PermanentError, match="not known yet"):
+        router.expected(10)  # configured weights come from HAProxy

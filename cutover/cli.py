@@ -219,7 +219,7 @@ async def _live_color(service: str, config: Config) -> tuple[str, str]:
         return config.service(service).live, "from the config (daemon not reachable)"
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+async def cmd_plan(args: argparse.Namespace) -> int:
     from cutover.core.model import other_color
 
     config = load_config(args.config)
@@ -227,19 +227,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.from_color:
         live, source = args.from_color, "from --from"
     else:
-        live, source = asyncio.run(_live_color(args.service, config))
+        live, source = await _live_color(args.service, config)
     new = other_color(live)
-    routers = {r.name: r.build(new=new) for r in spec.routers}
     plan = spec.plan()
-    print(f"plan for {args.service}: {live} -> {new} (live {source}); touches nothing")
+    print(f"plan for {args.service}: {live} -> {new} (live {source}); changes nothing")
+    routers = {r.name: r.build(new=new) for r in spec.routers}
+    readable = {}
+    for name, router in routers.items():
+        try:  # a read only: the router's own configuration decides the weights
+            reading = await router.observe()
+            readable[name] = router
+            print(f"router {name} now: {reading.share}% {new} ({reading.detail})")
+        except CutoverError as exc:
+            print(f"router {name}: cannot read it ({exc}); its settings are not shown")
+        finally:
+            await router.aclose()
     for i, stage in enumerate(plan.stages):
         gate = ", then waits for promote" if stage.approval else ""
         print(f"stage {i + 1}: {stage.weight}% {new}, hold {stage.hold:g}s{gate}")
-        for name, router in routers.items():
+        for name, router in readable.items():
             state = ", ".join(f"{k}={v}" for k, v in router.expected(stage.weight).items())
             print(f"  {name}: {state}")
-    print("on rollback: every router to 0% at once:")
-    for name, router in routers.items():
+    print("on rollback, every router at once to 0%:")
+    for name, router in readable.items():
         state = ", ".join(f"{k}={v}" for k, v in router.expected(0, evacuate=True).items())
         print(f"  {name}: {state}")
     for check in plan.checks:
@@ -363,8 +373,9 @@ ASYNC_COMMANDS = {
     "abort": cmd_action,
     "undo": cmd_undo,
     "history": cmd_history,
+    "plan": cmd_plan,
 }
-SYNC_COMMANDS = {"daemon": cmd_daemon, "validate": cmd_validate, "plan": cmd_plan}
+SYNC_COMMANDS = {"daemon": cmd_daemon, "validate": cmd_validate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,11 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     left = _children() - before
     if left:
-        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
-                 for pid in left if Path(f"/proc/{pid}/cmdline").exists()}
+        names = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            for pid in left
+            if Path(f"/proc/{pid}/cmdline").exists()
+        }
         pytest.fail(f"test left child processes behind: {names}")
 
 

@@ -266,6 +266,7 @@ def _enter_stage(c: Cutover, index: int, now: float) -> Step:
         phase=Phase.SHIFTING,
         stage_index=index,
         hold_elapsed=0.0,
+        stage_elapsed=0.0,
         approval_elapsed=0.0,
         checks=tuple(replace(s, latest=None) for s in c.checks),
         routers=tuple(replace(r, desired=stage.weight) for r in c.routers),
@@ -393,14 +394,25 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
     )
 
 
+def _stage_time(c: Cutover, dt: float) -> Cutover:
+    if c.phase is not Phase.HOLDING:
+        return c
+    return replace(c, stage_elapsed=c.stage_elapsed + dt)
+
+
 def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
     if c.phase is not Phase.HOLDING:
         return Step(cutover=c)
+    c = _stage_time(c, e.dt)
     return _try_pass_stage(replace(c, hold_elapsed=c.hold_elapsed + e.dt), now)
 
 
+def _on_tick_paused(c: Cutover, e: Tick, now: float) -> Step:
+    return Step(cutover=_stage_time(c, e.dt))
+
+
 def _on_tick_awaiting(c: Cutover, e: Tick, now: float) -> Step:
-    c = replace(c, approval_elapsed=c.approval_elapsed + e.dt)
+    c = replace(_stage_time(c, e.dt), approval_elapsed=c.approval_elapsed + e.dt)
     timeout = c.stage.approval_timeout
     if timeout is not None and c.approval_elapsed >= timeout:
         reason = f"no promote within approval_timeout {timeout:g}s"
@@ -434,7 +446,7 @@ def _on_measured(c: Cutover, e: Measured, now: float) -> Step:
         policy = c.policy(e.check)
     except KeyError:
         return Step(cutover=c)
-    counting = c.phase is not Phase.PREFLIGHT and c.hold_elapsed >= policy.initial_delay
+    counting = c.phase is not Phase.PREFLIGHT and c.stage_elapsed >= policy.initial_delay
     m = replace(e.measurement, counting=counting)
     state, finding = analysis.record(c.check(e.check), policy, m)
     c = c.with_check(state)
@@ -452,6 +464,8 @@ def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
     r = replace(r, observed=e.share, detail=e.detail, error="")
     if e.known:
         return Step(cutover=c.with_router(replace(r, drift=False)))
+    if c.phase is Phase.PREFLIGHT:
+        return Step(cutover=c.with_router(r))  # preflight itself just read every router
     if r.drift:
         return Step(cutover=c.with_router(r))  # already reported and handled
     c = c.with_router(replace(r, drift=True))
@@ -527,7 +541,8 @@ def _cmd_resume(c: Cutover, e: Command, now: float) -> Step:
     resumed = Step(
         cutover=c, events=(_event(now, "resumed", f"resumed by {e.actor}", actor=e.actor),)
     )
-    if back is Status.RUNNING and (c.phase is Phase.SHIFTING or any(r.drift for r in c.routers)):
+    reapply = c.phase is Phase.SHIFTING or any(r.drift for r in c.routers)
+    if back in (Status.RUNNING, Status.AWAITING_APPROVAL) and reapply:
         # the operator has looked at the routers: re-apply the current stage as asked
         c = replace(c, phase=Phase.SHIFTING)
         return resumed.then(Step(cutover=c, actions=(Apply(share=c.share, force=True),)))
@@ -587,11 +602,11 @@ _ROLLING = (Status.ROLLING_BACK, Status.FAILED)
 TABLE: dict[tuple[Status, type], Handler] = {
     (Status.RUNNING, PreflightPassed): _on_preflight_passed,
     (Status.RUNNING, ShiftApplied): _on_shift_applied,
-    (Status.PAUSED, ShiftApplied): _on_shift_applied,
-    (Status.RUNNING, ShiftFailed): _on_shift_failed,
-    (Status.PAUSED, ShiftFailed): _on_shift_failed,
+    **{(s, ShiftApplied): _on_shift_applied for s in _ACTIVE},
+    **{(s, ShiftFailed): _on_shift_failed for s in _ACTIVE},
     (Status.RUNNING, Tick): _on_tick_running,
     (Status.AWAITING_APPROVAL, Tick): _on_tick_awaiting,
+    (Status.PAUSED, Tick): _on_tick_paused,
     (Status.ROLLING_BACK, Tick): _on_tick_rolling_back,
     **{(s, RollbackVerified): _on_rollback_verified for s in _ROLLING},
     **{(s, Measured): _on_measured for s in _ACTIVE},

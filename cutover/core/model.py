@@ -173,7 +173,10 @@ class Cutover:
     status: Status = Status.RUNNING
     phase: Phase = Phase.PREFLIGHT
     stage_index: int = 0
-    hold_elapsed: float = 0.0  # monitored seconds in the current stage
+    hold_elapsed: float = 0.0  # monitored seconds counting toward the current stage's hold
+    # monitored seconds since the current stage was applied, paused time included: what a
+    # check's initial_delay is measured against (clients move even while we pause)
+    stage_elapsed: float = 0.0
     approval_elapsed: float = 0.0
     rollback_elapsed: float = 0.0
     paused_from: Status | None = None
@@ -250,6 +253,7 @@ class Cutover:
             phase=Phase(d["phase"]),
             stage_index=d["stage_index"],
             hold_elapsed=d["hold_elapsed"],
+            stage_elapsed=d.get("stage_elapsed", 0.0),
             approval_elapsed=d["approval_elapsed"],
             rollback_elapsed=d["rollback_elapsed"],
             paused_from=Status(d["paused_from"]) if d["paused_from"] else None,

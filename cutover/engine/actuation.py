@@ -69,7 +69,6 @@ async def _shift_one(
     apply_timeout: float,
     metrics: Metrics | None,
 ) -> RouterOutcome:
-    target = router.expected(share)
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(apply_timeout),
@@ -79,6 +78,7 @@ async def _shift_one(
         ):
             with attempt:
                 reading = await _observe(router, metrics)
+                target = router.expected(share)
                 if dict(reading.state) == dict(target):
                     return RouterOutcome(router=router.name, result="applied", reading=reading)
                 if not force and dict(reading.state) != dict(written_state or {}):
@@ -132,7 +132,6 @@ async def shift(
 
 
 async def _rollback_one(router: Router, metrics: Metrics | None) -> RouterOutcome:
-    target = router.expected(0, evacuate=True)
     write_error = ""
     try:
         with _Timer(metrics, router, "rollback"):
@@ -141,6 +140,8 @@ async def _rollback_one(router: Router, metrics: Metrics | None) -> RouterOutcom
         write_error = str(exc)
     try:
         reading = await _observe(router, metrics)
+        # after the read: a router built after a restart learns its servers from it
+        target = router.expected(0, evacuate=True)
     except AdapterError as exc:
         return RouterOutcome(router=router.name, result="failed", error=write_error or str(exc))
     if dict(reading.state) == dict(target):

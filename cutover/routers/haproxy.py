@@ -259,8 +259,9 @@ class RuntimeAPI:
         finally:
             if writer is not None:
                 writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                with contextlib.suppress(Exception):  # also a TimeoutError: never hang here
+                    async with asyncio.timeout(self._timeout):
+                        await writer.wait_closed()
         return data.decode("utf-8", errors="replace")
 
 

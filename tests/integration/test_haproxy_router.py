@@ -18,11 +18,25 @@ from pydantic import ValidationError
 from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import Reading
 from cutover.routers.haproxy import HAProxyRouter, HAProxySpec
+from demo.stack import free_port, split
 from tests.integration.conftest import HAProxyStack
-from tests.servers import free_port, split
 
 REQUESTS = 2000
 TOLERANCE = 3.0  # percentage points
+
+GOOD = {
+    "type": "haproxy",
+    "name": "edge",
+    "runtime_api": "unix:/run/haproxy/admin.sock",
+    "backend": "checkout",
+    "blue": ["blue1", "blue2"],
+    "green": ["green1"],
+}
+
+
+def spec(**changes: object) -> HAProxySpec:
+    """A spec for tests that need no running HAProxy."""
+    return HAProxySpec.model_validate({**GOOD, "name": "checkout-lb", **changes})
 
 
 async def measured_green(stack: HAProxyStack, n: int = REQUESTS) -> float:
@@ -48,7 +62,7 @@ async def observe_until(
 
 
 async def ready_router(stack: HAProxyStack, **overrides: object) -> HAProxyRouter:
-    router = stack.spec(**overrides).build(new="green")
+    router = HAProxySpec.model_validate(stack.spec_values(**overrides)).build(new="green")
     await router.preflight()
     return router
 
@@ -153,20 +167,26 @@ async def test_evacuate_then_forward(haproxy_stack: HAProxyStack) -> None:
 
 
 async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStack) -> None:
-    router = haproxy_stack.spec(green=["green1", "green2", "green3"]).build(new="green")
+    router = HAProxySpec.model_validate(
+        haproxy_stack.spec_values(green=["green1", "green2", "green3"])
+    ).build(new="green")
     with pytest.raises(PermanentError, match=r"checkout-lb.*'checkout'.*green3") as info:
         await router.preflight()
     print(f"missing server: {info.value}")
     with pytest.raises(PermanentError, match=r"'checkout'.*green3"):
         await router.apply(10)
 
-    router = haproxy_stack.spec(backend="nosuch").build(new="green")
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend="nosuch")).build(
+        new="green"
+    )
     with pytest.raises(PermanentError, match=r"checkout-lb.*'nosuch'") as info:
         await router.preflight()
     print(f"missing backend: {info.value}")
 
     # blue2 is left out of the spec but would still take traffic
-    router = haproxy_stack.spec(blue=["blue1"]).build(new="green")
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values(blue=["blue1"])).build(
+        new="green"
+    )
     with pytest.raises(PermanentError, match=r"blue2 in neither blue nor green"):
         await router.preflight()
 
@@ -176,20 +196,20 @@ async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStac
 
 async def test_unreachable_socket_is_transient(haproxy_stack: HAProxyStack, tmp_path: Path) -> None:
     missing = f"unix:{tmp_path}/no-such.sock"
-    router = haproxy_stack.spec(runtime_api=missing).build(new="green")
+    router = spec(runtime_api=missing).build(new="green")
     for call in (router.preflight(), router.observe(), router.apply(10)):
         with pytest.raises(TransientError, match=r"checkout-lb.*no-such\.sock.*not found") as info:
             await call
     print(f"missing unix socket: {info.value}")
 
     closed = f"tcp:127.0.0.1:{free_port()}"
-    router = haproxy_stack.spec(runtime_api=closed).build(new="green")
+    router = spec(runtime_api=closed).build(new="green")
     with pytest.raises(TransientError, match=r"checkout-lb.*" + closed + ".*refused") as info:
         await router.observe()
     print(f"closed tcp port: {info.value}")
 
 
-async def test_silent_runtime_api_times_out(haproxy_stack: HAProxyStack) -> None:
+async def test_silent_runtime_api_times_out() -> None:
     release = asyncio.Event()
     handlers: list[asyncio.Task[object]] = []
 
@@ -204,10 +224,10 @@ async def test_silent_runtime_api_times_out(haproxy_stack: HAProxyStack) -> None
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        spec = haproxy_stack.spec(runtime_api=f"tcp:127.0.0.1:{port}", timeout="200ms")
+        router = spec(runtime_api=f"tcp:127.0.0.1:{port}", timeout="200ms").build(new="green")
         t0 = time.monotonic()
         with pytest.raises(TransientError, match=r"checkout-lb.*no answer within 0\.2s"):
-            await spec.build(new="green").observe()
+            await router.observe()
         assert time.monotonic() - t0 < 1.5
     finally:
         release.set()
@@ -223,7 +243,9 @@ async def test_silent_runtime_api_times_out(haproxy_stack: HAProxyStack) -> None
 async def test_static_or_hashed_balance_is_refused(
     haproxy_stack: HAProxyStack, backend: str, algo: str
 ) -> None:
-    router = haproxy_stack.spec(backend=backend).build(new="green")
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend=backend)).build(
+        new="green"
+    )
     with pytest.raises(PermanentError, match=rf"'{backend}' uses 'balance {algo}'") as info:
         await router.preflight()
     print(f"{algo}: {info.value}")
@@ -267,15 +289,6 @@ async def test_down_server_changes_share_not_state(haproxy_stack: HAProxyStack) 
 
 
 # the spec itself (no server needed) -----------------------------------------------------------
-
-GOOD = {
-    "type": "haproxy",
-    "name": "edge",
-    "runtime_api": "unix:/run/haproxy/admin.sock",
-    "backend": "checkout",
-    "blue": ["blue1", "blue2"],
-    "green": ["green1"],
-}
 
 
 @pytest.mark.parametrize(

@@ -323,6 +323,25 @@ TABLE_ROWS: list[Any] = [
         ("rollback_started",),
         id="paused-shift-failed",
     ),
+    pytest.param(
+        at_awaiting,
+        ShiftApplied(share=50, states=router_states(50)),
+        SAME,
+        SAME,
+        (),
+        (),
+        id="awaiting-shift-applied-while-holding",
+    ),
+    pytest.param(
+        at_awaiting,
+        ShiftFailed(share=50, router="dns", error="REFUSED"),
+        SAME,
+        SAME,
+        (),
+        (),
+        id="awaiting-shift-failed-while-holding",
+    ),
+    pytest.param(at_paused, Tick(dt=5), PAUSED, Phase.HOLDING, (), (), id="paused-tick"),
     pytest.param(at_holding, Tick(dt=5), RUNNING, Phase.HOLDING, (), (), id="running-tick"),
     pytest.param(at_shifting, Tick(dt=5), SAME, SAME, (), (), id="running-tick-shifting"),
     pytest.param(at_awaiting, Tick(dt=5), AWAITING, Phase.HOLDING, (), (), id="awaiting-tick"),
@@ -965,6 +984,30 @@ def test_shift_failed_rolls_back_naming_the_router() -> None:
     assert c.router("edge").error == ""
 
 
+@pytest.mark.parametrize(
+    ("where", "inp", "cause"),
+    [
+        ("holding", Command(action="abort", actor="x"), "operator"),
+        ("shifting", ShiftFailed(share=10, router="edge", error="e"), "router"),
+        ("holding", Observed(router="edge", share=0.0, known=False), "drift"),
+        ("holding", Measured(check="health", measurement=Measurement(verdict=F)), "check"),
+        ("awaiting_timeout", Tick(dt=1000), "approval"),
+    ],
+)
+def test_rollback_event_names_its_cause(where: str, inp: Input, cause: str) -> None:
+    plan = make_plan(
+        on_drift="rollback",
+        checks=(CheckPolicy(name="health", failure_limit=1),),
+        stages=(STAGES[0], replace(STAGES[1], approval_timeout=10), STAGES[2]),
+    )
+    run = at_awaiting(plan) if where == "awaiting_timeout" else _BUILDERS[where](plan)
+    s = run.feed(inp)
+    started = [e for e in s.events if e.kind == "rollback_started"]
+    assert len(started) == 1
+    assert started[0].data["cause"] == cause
+    assert started[0].data["reason"] == s.cutover.reason
+
+
 # --- pause, resume, abort ------------------------------------------------------------------------
 
 
@@ -1301,82 +1344,117 @@ def test_round_trip_after_a_long_sequence() -> None:
     assert roundtrip(seen[-1]).to_dict() == seen[-1].to_dict()
 
 
+# --- regressions: bugs found by this file and fixed in the machine ------------------------------
+
+
+def test_drift_during_preflight_is_not_reasserted_toward_the_new_color() -> None:
+    # was: reassert applied stage 1's share with force (5 % -> 10 %, toward the new color) and
+    # jumped to shifting with every router's desired still 0
+    run = at_preflight(make_plan(on_drift="reassert"))
+    s = run.feed(Observed(router="edge", share=5.0, known=False))
+    assert not any(isinstance(a, Apply) and a.share > 0 for a in s.actions)
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.PREFLIGHT)
+    assert s.cutover.router("edge").observed == 5.0
+
+
+def test_resume_in_preflight_does_not_skip_preflight() -> None:
+    # was: a drift pause in preflight, then resume -> Apply(10, force) without PreflightPassed
+    run = at_preflight()
+    run.feed(Observed(router="edge", share=5.0, known=False))
+    run.command("pause")
+    s = run.command("resume")
+    assert s.actions == ()
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.PREFLIGHT)
+    s = run.feed(PreflightPassed())
+    assert s.actions == (Apply(share=10),)
+    assert kinds(s) == ("stage_started",)
+
+
+def test_drift_reassert_in_awaiting_approval_completes() -> None:
+    # was: phase stayed shifting in awaiting_approval because ShiftApplied was dropped there
+    run = at_awaiting(make_plan(on_drift="reassert"))
+    s = run.feed(Observed(router="edge", share=80.0, known=False))
+    assert s.actions == (Apply(share=50, force=True),)
+    assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.SHIFTING)
+    s = run.applied(50)
+    assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.HOLDING)
+    assert s.cutover.router("edge").drift is False
+    s = run.command("promote")
+    assert s.actions == (Apply(share=100),)
+
+
+def test_resume_after_drift_in_awaiting_approval_reapplies() -> None:
+    # was: resume went back to awaiting_approval with the router still drifted and no Apply
+    run = at_awaiting()
+    run.feed(Observed(router="edge", share=30.0, known=False))
+    assert (run.c.status, run.c.paused_from) == (PAUSED, AWAITING)
+    s = run.command("resume")
+    assert s.actions == (Apply(share=50, force=True),)
+    assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.SHIFTING)
+    s = run.applied(50)
+    assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.HOLDING)
+    assert not any(r.drift for r in s.cutover.routers)
+
+
+def test_shift_failed_in_awaiting_approval_rolls_back() -> None:
+    run = at_awaiting(make_plan(on_drift="reassert"))
+    run.feed(Observed(router="dns", share=90.0, known=False))
+    s = run.feed(ShiftFailed(share=50, router="dns", error="NOTAUTH"))
+    assert s.cutover.status is ROLLING_BACK
+    assert s.actions == (Rollback(),)
+    assert "router dns" in (s.cutover.reason or "")
+
+
+def test_failure_while_paused_early_in_a_stage_rolls_back() -> None:
+    # was: initial_delay was measured with hold_elapsed, which does not grow while paused, so
+    # failures during a pause early in a stage never counted (PRODUCT.md: a failure there
+    # still rolls back)
+    plan = make_plan(checks=(CheckPolicy(name="health", initial_delay=30),))
+    run = at_holding(plan)
+    run.tick(5)
+    run.command("pause")
+    run.measure("health", F, 1.0)  # 5 s into the stage: does not count
+    assert run.c.check("health").window == ()
+    run.tick(600)  # ten minutes of monitored time in the stage, paused
+    assert (run.c.hold_elapsed, run.c.stage_elapsed) == (5, 605)
+    run.measure("health", F, 1.0)
+    s = run.measure("health", F, 1.0)
+    assert s.cutover.status is ROLLING_BACK
+
+
+def test_stage_time_counts_while_holding_paused_and_awaiting_only() -> None:
+    run = at_shifting()
+    run.tick(10)
+    assert run.c.stage_elapsed == 0
+    run.applied()
+    run.tick(4)
+    run.command("pause")
+    run.tick(6)
+    run.command("resume")
+    assert (run.c.hold_elapsed, run.c.stage_elapsed) == (4, 10)
+    run.pass_checks()
+    run.tick(56)
+    assert (run.c.stage_index, run.c.stage_elapsed) == (1, 0)  # a new stage starts at 0
+
+
 # --- bugs ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: drift during preflight is reasserted to stage 1's share (toward the new color,"
-    " with force) and jumps to shifting; desired is 0 there",
+    reason="BUG: a pass measured while shifting (before the stage's share is verified) opens"
+    " the gate of the stage being entered, so a stage with hold 0 passes on ShiftApplied"
+    " without one measurement at its share",
 )
-def test_drift_reassert_during_preflight_stays_at_the_old_color() -> None:
-    run = at_preflight(make_plan(on_drift="reassert"))
-    s = run.feed(Observed(router="edge", share=5.0, known=False))
-    assert all(a.share <= 0 for a in s.actions if isinstance(a, Apply))
-    assert s.cutover.phase is Phase.PREFLIGHT
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resume after a drift pause in preflight applies stage 1 (Apply(10, force))"
-    " without PreflightPassed, no stage_started event, and routers' desired left at 0",
-)
-def test_resume_after_drift_in_preflight_does_not_skip_preflight() -> None:
-    run = at_preflight()
-    run.feed(Observed(router="edge", share=5.0, known=False))
-    assert run.c.status is PAUSED
-    s = run.command("resume")
-    for a in s.actions:
-        if isinstance(a, Apply):
-            assert all(r.desired == a.share for r in s.cutover.routers)
-    assert s.cutover.phase is Phase.PREFLIGHT
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a drift reassert in awaiting_approval sets phase shifting, but ShiftApplied is"
-    " not in TABLE for awaiting_approval: it stays 'awaiting_approval (shifting)' and the"
-    " router's drift flag is never cleared by the verified write",
-)
-def test_drift_reassert_in_awaiting_approval_completes() -> None:
-    run = at_awaiting(make_plan(on_drift="reassert"))
-    s = run.feed(Observed(router="edge", share=80.0, known=False))
-    assert s.actions == (Apply(share=50, force=True),)
+def test_a_pass_measured_while_shifting_does_not_pass_the_stage() -> None:
+    stages = (STAGES[0], Stage(weight=50, hold=0), STAGES[2])
+    run = at_holding(make_plan(stages=stages))
+    run.tick(60)
+    run.pass_checks()
+    assert (run.c.stage_index, run.c.phase) == (1, Phase.SHIFTING)
+    run.pass_checks()  # still at 10 %: says nothing about 50 %
     s = run.applied(50)
-    assert s.cutover.status is AWAITING
-    assert s.cutover.phase is Phase.HOLDING
-    assert s.cutover.router("edge").drift is False
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resume after a drift pause taken in awaiting_approval does not re-apply the"
-    " stage (resume from running does: Apply(share, force=True))",
-)
-def test_resume_after_drift_in_awaiting_approval_reapplies() -> None:
-    run = at_awaiting()
-    run.feed(Observed(router="edge", share=30.0, known=False))
-    assert (run.c.status, run.c.paused_from) == (PAUSED, AWAITING)
-    s = run.command("resume")
-    assert Apply(share=50, force=True) in s.actions
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: initial_delay is measured with hold_elapsed, which does not grow while paused:"
-    " a pause early in a stage makes every measurement non-counting, so failures while"
-    " paused never roll back (PRODUCT.md: checks keep running in paused; a failure there"
-    " still rolls back)",
-)
-def test_failure_while_paused_early_in_a_stage_rolls_back() -> None:
-    plan = make_plan(checks=(CheckPolicy(name="health", initial_delay=30),))
-    run = at_holding(plan)
-    run.tick(5)
-    run.command("pause")
-    run.tick(600)  # ten minutes of monitored time in the stage, paused
-    run.measure("health", F, 1.0)
-    s = run.measure("health", F, 1.0)
-    assert s.cutover.status is ROLLING_BACK
+    assert (s.cutover.stage_index, s.cutover.phase) == (1, Phase.HOLDING)
 
 
 # --- properties ----------------------------------------------------------------------------------
@@ -1454,7 +1532,7 @@ def to_inputs(op: tuple[Any, ...], c: Cutover) -> list[Input]:
             return [Command(action="resume", actor="prop")]
         return [
             ShiftApplied(share=c.share, states=router_states(c.share)),
-            Tick(dt=c.stage.hold),
+            Tick(dt=max(c.stage.hold, 30.0)),
             *(Measured(check=n, measurement=Measurement(verdict=P, value=0.0)) for n in CHECKS),
         ]
     return [to_input(op, c)]
@@ -1487,15 +1565,17 @@ def to_input(op: tuple[Any, ...], c: Cutover) -> Input:
 
 @dataclass
 class Oracle:
-    """An independent model of each check's window of counting pass/fail/inconclusive."""
+    """An independent model of each check's window of counting pass/fail/inconclusive, and of
+    the stage's monitored time that initial_delay runs on."""
 
     plan: Plan
     windows: dict[str, list[Verdict]] = field(default_factory=dict)
+    stage_time: float = 0.0
 
     def reaches_failure_limit(self, c: Cutover, m: Measured) -> bool:
         """Record ``m`` as the spec says; whether it makes the check reach its failure_limit."""
         policy = self.plan.checks[CHECKS.index(m.check)]
-        counting = c.phase is not Phase.PREFLIGHT and c.hold_elapsed >= policy.initial_delay
+        counting = c.phase is not Phase.PREFLIGHT and self.stage_time >= policy.initial_delay
         verdict = m.measurement.verdict
         if not counting or verdict is E:
             return False
@@ -1503,6 +1583,13 @@ class Oracle:
         window.append(verdict)
         del window[: -policy.window]
         return verdict is F and window.count(F) >= policy.failure_limit and not policy.dry_run
+
+    def observe_time(self, prev: Cutover, inp: Input, c: Cutover) -> None:
+        """Stage time: monitored time once the stage is applied, paused and awaiting included."""
+        if isinstance(inp, Tick) and prev.status in _ACTIVE and prev.phase is Phase.HOLDING:
+            self.stage_time += inp.dt
+        if c.stage_index != prev.stage_index:
+            self.stage_time = 0.0
 
 
 def check_step(prev: Cutover, inp: Input, s: Step, oracle: Oracle, high: list[int]) -> None:
@@ -1545,6 +1632,7 @@ def check_step(prev: Cutover, inp: Input, s: Step, oracle: Oracle, high: list[in
         if oracle.reaches_failure_limit(prev, inp):
             assert c.status is ROLLING_BACK and Rollback() in s.actions, inp
         assert c.check(inp.check).window == tuple(oracle.windows.get(inp.check, ()))
+    oracle.observe_time(prev, inp, c)
     # a stage is left only forwards, and only by one
     if c.status in _ACTIVE and prev.status in _ACTIVE:
         assert c.stage_index in (prev.stage_index, prev.stage_index + 1)

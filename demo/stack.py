@@ -1,9 +1,10 @@
-"""Real servers for tests: demo apps and HAProxy as child processes on loopback.
+"""Real servers for the demo and the tests: demo apps and HAProxy as children on loopback.
 
-Helpers, not fixtures. Every server runs in the foreground as a child of the test process, with
-its files in one temp directory, on free loopback ports, and is stopped by its PID (SIGTERM,
-then SIGKILL after a grace period) — see recipes/lb-and-metrics.md sections 2, 4 and 7.
-A missing ``haproxy`` binary fails the test (never a skip).
+Used by ``demo/run.py`` (``make demo``) and by the test fixtures; helpers, not fixtures. Every
+server runs in the foreground as a child of this process, with its files in one temp
+directory, on free loopback ports, and is stopped by its PID (SIGTERM, then SIGKILL after a
+grace period): see recipes/lb-and-metrics.md sections 2, 4 and 7. A missing ``haproxy`` binary
+raises :class:`MissingBinary`, which fails a test (never a skip).
 """
 
 from __future__ import annotations
@@ -18,24 +19,26 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
-
-import pytest
+from typing import IO, Any
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "Backend",
     "Child",
     "DemoApp",
     "HAProxy",
+    "HAProxyStack",
+    "MissingBinary",
     "Response",
     "free_port",
     "http_request",
     "make_workdir",
     "require_binary",
     "split",
+    "start_stack",
     "wait_http",
 ]
 
@@ -52,15 +55,18 @@ def free_port() -> int:
         return port
 
 
+class MissingBinary(RuntimeError):
+    """A server binary the demo or a test needs is not installed."""
+
+
 def require_binary(name: str) -> str:
-    """The path of ``name`` on PATH; a missing binary fails the test with a clear message."""
+    """The path of ``name`` on PATH; a missing binary raises with a clear message."""
     path = shutil.which(name)
     if path is None:
         where = "in CI" if os.environ.get("CI") == "true" else "on this machine"
-        pytest.fail(
-            f"'{name}' is not installed {where}; these tests need the real server "
-            f"(Debian: apt-get install -y {name}). They are never skipped.",
-            pytrace=False,
+        raise MissingBinary(
+            f"'{name}' is not installed {where}; the demo and the tests need the real server "
+            f"(Debian: apt-get install -y {name}, or run `make test` as root). Never skipped."
         )
     return path
 
@@ -272,9 +278,16 @@ class HAProxy:
     """
 
     def __init__(
-        self, child: Child, *, workdir: Path, frontend_ports: dict[str, int], tcp_port: int
+        self,
+        child: Child,
+        *,
+        workdir: Path,
+        frontend_ports: dict[str, int],
+        tcp_port: int,
+        health_port: int | None = None,
     ) -> None:
         self.child = child
+        self.health_port = health_port
         self.workdir = workdir
         self.frontend_ports = frontend_ports
         self.tcp_port = tcp_port
@@ -296,7 +309,12 @@ class HAProxy:
 
     @staticmethod
     def config(
-        workdir: Path, backends: Sequence[Backend], frontend_ports: dict[str, int], tcp_port: int
+        workdir: Path,
+        backends: Sequence[Backend],
+        frontend_ports: dict[str, int],
+        tcp_port: int,
+        color_pools: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+        health_port: int | None = None,
     ) -> str:
         out = [
             "global",
@@ -328,19 +346,54 @@ class HAProxy:
                 "    default-server check inter 500ms fall 2 rise 1",
             ]
             out += [f"    server {s} {LOOPBACK}:{p} weight {w}" for s, p, w in b.servers]
+        if color_pools and health_port:
+            # GET /<color>/healthz reaches every server of that color in turn (no health
+            # checks here on purpose: one sick server makes every other answer fail)
+            out += ["", "frontend fe_color_health", f"    bind {LOOPBACK}:{health_port}"]
+            out += [
+                f"    use_backend pool_{color} if {{ path_beg /{color}/ }}" for color in color_pools
+            ]
+            for color, servers in color_pools.items():
+                out += [
+                    "",
+                    f"backend pool_{color}",
+                    "    balance roundrobin",
+                    "    http-request set-path %[path,regsub(^/[^/]+/,/)]",
+                ]
+                out += [f"    server {s} {LOOPBACK}:{p}" for s, p in servers]
         return "\n".join(out) + "\n"
 
     @classmethod
-    async def start(cls, workdir: Path, backends: Sequence[Backend]) -> HAProxy:
+    async def start(
+        cls,
+        workdir: Path,
+        backends: Sequence[Backend],
+        *,
+        frontend_ports: Mapping[str, int] | None = None,
+        color_pools: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+        health_port: int | None = None,
+    ) -> HAProxy:
+        """``color_pools`` adds a frontend on ``health_port`` (free if not given) where
+        ``/<color>/<path>`` reaches that color's servers (for per-color health checks)."""
         binary = require_binary("haproxy")
-        frontend_ports = {b.name: free_port() for b in backends}
+        frontend_ports = dict(frontend_ports or {b.name: free_port() for b in backends})
         tcp_port = free_port()
+        if color_pools:
+            health_port = health_port or free_port()
         cfg = workdir / "haproxy.cfg"
-        cfg.write_text(cls.config(workdir, backends, frontend_ports, tcp_port))
+        cfg.write_text(
+            cls.config(workdir, backends, frontend_ports, tcp_port, color_pools, health_port)
+        )
         (workdir / "haproxy.state").touch()
         argv = [binary, "-W", "-db", "-S", f"{workdir}/master.sock", "-f", str(cfg)]
         child = await Child.spawn("haproxy", argv, workdir)
-        hap = cls(child, workdir=workdir, frontend_ports=frontend_ports, tcp_port=tcp_port)
+        hap = cls(
+            child,
+            workdir=workdir,
+            frontend_ports=frontend_ports,
+            tcp_port=tcp_port,
+            health_port=health_port,
+        )
         try:
             await hap._wait_ready(within=15.0)
         except BaseException:
@@ -380,3 +433,104 @@ class HAProxy:
 
     async def stop(self) -> int:
         return await self.child.stop()
+
+
+#: The main backend's servers and configured weights (blue1/blue2/green1/green2).
+DEFAULT_WEIGHTS: Mapping[str, int] = {"blue1": 10, "blue2": 10, "green1": 10, "green2": 10}
+
+
+@dataclass
+class HAProxyStack:
+    """2 blue + 2 green demo apps behind HAProxy backend ``checkout`` (and a few others)."""
+
+    workdir: Path
+    apps: dict[str, DemoApp]
+    haproxy: HAProxy
+    weights: Mapping[str, int]
+    backend: str = "checkout"
+    blue: list[str] = field(default_factory=lambda: ["blue1", "blue2"])
+    green: list[str] = field(default_factory=lambda: ["green1", "green2"])
+
+    @property
+    def port(self) -> int:
+        """The frontend port of ``checkout``."""
+        return self.haproxy.frontend_ports[self.backend]
+
+    @property
+    def runtime_unix(self) -> str:
+        return self.haproxy.runtime_unix
+
+    @property
+    def runtime_tcp(self) -> str:
+        return self.haproxy.runtime_tcp
+
+    def spec_values(self, **overrides: Any) -> dict[str, Any]:
+        """Config values of an ``haproxy`` router for ``checkout`` (unix socket by default)."""
+        values: dict[str, Any] = {
+            "type": "haproxy",
+            "name": "checkout-lb",
+            "runtime_api": self.runtime_unix,
+            "backend": self.backend,
+            "blue": list(self.blue),
+            "green": list(self.green),
+            "timeout": "2s",
+        }
+        values.update(overrides)
+        return values
+
+    async def stop(self) -> None:
+        await self.haproxy.stop()
+        await asyncio.gather(*(app.stop() for app in self.apps.values()))
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def start_stack(
+    weights: Mapping[str, int] = DEFAULT_WEIGHTS,
+    *,
+    extra_backends: Mapping[str, str] | None = None,
+    color_health: bool = False,
+    ports: Mapping[str, int] | None = None,
+    workdir: Path | None = None,
+) -> HAProxyStack:
+    """Start the demo apps, then HAProxy with backend ``checkout`` over them; on any failure
+    stop what was started. ``extra_backends`` (name -> balance algorithm) adds backends over
+    the same apps; ``color_health`` adds the per-color health frontend; ``ports`` fixes ports
+    by name (app names, ``checkout`` for the frontend, ``health``) instead of free ones."""
+    require_binary("haproxy")
+    ports = ports or {}
+    workdir = workdir or make_workdir("cutover-hap-")
+    apps: dict[str, DemoApp] = {}
+    try:
+        started = await asyncio.gather(
+            *(
+                DemoApp.start(
+                    workdir, name=name, color=name.rstrip("0123456789"), port=ports.get(name)
+                )
+                for name in weights
+            ),
+            return_exceptions=True,
+        )
+        for name, app in zip(weights, started, strict=True):
+            if isinstance(app, DemoApp):
+                apps[name] = app
+        errors = [e for e in started if isinstance(e, BaseException)]
+        if errors:
+            raise errors[0]
+        servers = [(name, apps[name].port, w) for name, w in weights.items()]
+        backends = [Backend("checkout", "roundrobin", servers)]
+        backends += [Backend(name, algo, servers) for name, algo in (extra_backends or {}).items()]
+        pools: dict[str, list[tuple[str, int]]] = {}
+        for name, app in apps.items():
+            pools.setdefault(app.color, []).append((name, app.port))
+        haproxy = await HAProxy.start(
+            workdir,
+            backends,
+            frontend_ports={"checkout": ports["checkout"]} if "checkout" in ports else None,
+            color_pools=pools if color_health else None,
+            health_port=ports.get("health"),
+        )
+    except BaseException:
+        await asyncio.gather(*(app.stop() for app in apps.values()))
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return HAProxyStack(workdir=workdir, apps=apps, haproxy=haproxy, weights=weights)

@@ -343,7 +343,9 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
         )
         for r in c.routers
     )
-    c = replace(c, phase=Phase.HOLDING, routers=routers)
+    # every check needs a pass measured at the new share (PRODUCT.md, Stages)
+    checks = tuple(replace(s, latest=None) for s in c.checks)
+    c = replace(c, phase=Phase.HOLDING, routers=routers, checks=checks)
     step = Step(
         cutover=c,
         events=(
@@ -523,7 +525,7 @@ def _on_restarted(c: Cutover, _: Restarted, now: float) -> Step:
                 kind="alarm",
             )
         )
-    if c.status is Status.RUNNING and c.phase is Phase.SHIFTING:
+    if c.phase is Phase.SHIFTING:  # complete the stage change in flight
         return step.then(Step(cutover=c, actions=(Apply(share=c.share),)))
     return step
 

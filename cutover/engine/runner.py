@@ -214,7 +214,7 @@ class Runner:
             return
         self.cutover = c
         for e in step.events:
-            self._log.info(e.message, event=e.kind, status=c.status.value, **e.data)
+            self._log.info(e.message, kind=e.kind, status=c.status.value, **e.data)
         if self._metrics is not None:
             self._metrics.observe_cutover(c)
             for e in step.events:

@@ -1,4 +1,4 @@
-"""Table tests for cutover.core.analysis: record / gate_open / worst (PRODUCT.md, Checks, Rollback)."""
+"""Table tests for cutover.core.analysis: record, gate_open, worst (PRODUCT.md, Checks)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from cutover.core.analysis import Finding, gate_open, record, worst
 from cutover.core.model import HISTORY_KEPT, CheckPolicy, CheckState, Measurement, Verdict
 
-P, F, I, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
-_CODES = {"P": P, "F": F, "I": I, "E": E}
+P, F, INC, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
+_CODES = {"P": P, "F": F, "I": INC, "E": E}
 
 
 def verdicts(codes: str) -> list[Verdict]:
@@ -188,7 +188,7 @@ def test_non_counting_measurements_are_recorded_but_ignored() -> None:
     assert state.window == ()
     assert state.latest is None
     assert state.consecutive_errors == 0 and state.consecutive_inconclusive == 0
-    assert [m.verdict for m in state.history] == [F, I, E, F]
+    assert [m.verdict for m in state.history] == [F, INC, E, F]
     assert state.last is not None and state.last.verdict is F and state.last.counting is False
 
 
@@ -238,7 +238,7 @@ def test_history_is_capped_newest_last() -> None:
 def test_window_is_capped_at_policy_window() -> None:
     policy = CheckPolicy(name="health", window=3, failure_limit=99)
     state, _ = run(policy, "F P P I P")
-    assert state.window == (P, I, P)
+    assert state.window == (P, INC, P)
 
 
 # --- gate_open -----------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def _policies(*names: str, dry: tuple[str, ...] = ()) -> tuple[CheckPolicy, ...]
         ({"a": P, "b": P}, (), True),
         ({"a": P, "b": None}, (), False),  # no counting measurement yet
         ({"a": P, "b": F}, (), False),
-        ({"a": P, "b": I}, (), False),
+        ({"a": P, "b": INC}, (), False),
         ({"a": P, "b": E}, (), False),
         ({"a": None, "b": None}, (), False),
         ({"a": P, "b": F}, ("b",), True),  # dry-run checks never hold a stage
@@ -281,11 +281,11 @@ def test_gate_open(latest: dict[str, Verdict | None], dry: tuple[str, ...], expe
         ([], None),
         ([P], P),
         ([P, P], P),
-        ([P, I], I),
-        ([I, E], E),
+        ([P, INC], INC),
+        ([INC, E], E),
         ([E, F], F),
-        ([P, I, E], E),
-        ([F, P, I, E], F),
+        ([P, INC, E], E),
+        ([F, P, INC, E], F),
     ],
 )
 def test_worst(given: list[Verdict], expected: Verdict | None) -> None:

@@ -3,8 +3,7 @@
 Every (status, input) pair of ``machine.TABLE`` has a row in ``TABLE_ROWS``; every operator
 command is tried in every status; scenario tests follow PRODUCT.md's Semantics section; the
 Hypothesis tests drive random input sequences from a started cutover and check the invariants.
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` show machine behaviour that contradicts
-PRODUCT.md or itself.
+The last section holds regression tests of machine bugs found by these tests and fixed.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from cutover.core.model import (
     Verdict,
 )
 
-P, F, I, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
+P, F, INC, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
 RUNNING, AWAITING, PAUSED = Status.RUNNING, Status.AWAITING_APPROVAL, Status.PAUSED
 ROLLING_BACK, FAILED = Status.ROLLING_BACK, Status.FAILED
 COMPLETED, ROLLED_BACK = Status.COMPLETED, Status.ROLLED_BACK
@@ -728,7 +727,7 @@ def test_tick_in_awaiting_counts_approval_not_hold() -> None:
         ([("tick", 60), ("health", P), ("errors", P)], True),
         ([("health", P), ("errors", P), ("errors", F), ("tick", 60)], False),
         ([("health", P), ("errors", F), ("tick", 60), ("errors", P)], True),
-        ([("health", P), ("errors", I), ("tick", 60)], False),
+        ([("health", P), ("errors", INC), ("tick", 60)], False),
         ([("health", P), ("errors", E), ("tick", 60)], False),
         ([("health", P), ("errors", E), ("tick", 60), ("errors", P)], True),
         ([("tick", 120), ("health", P), ("errors", P)], True),
@@ -899,7 +898,7 @@ def test_failure_limit_rolls_back_in_every_active_status(where: str) -> None:
 def test_inconclusive_and_error_policies(policy: CheckPolicy, codes: str, status: Status) -> None:
     run = at_holding(make_plan(checks=(policy,)))
     for ch in codes.split():
-        run.measure("health", {"P": P, "I": I, "E": E}[ch])
+        run.measure("health", {"P": P, "I": INC, "E": E}[ch])
     assert run.c.status is status
     if status is PAUSED:
         assert run.events[-1].kind == "alarm"
@@ -1308,7 +1307,7 @@ def test_round_trip_after_a_long_sequence() -> None:
     feed(PreflightPassed())
     feed(Restarted())
     feed(ShiftApplied(share=10, states={"edge": {"g1": "13", "b1": "243"}, "dns": {}}))
-    feed(Measured(check="errors", measurement=Measurement(verdict=I, detail="no data")))
+    feed(Measured(check="errors", measurement=Measurement(verdict=INC, detail="no data")))
     feed(Tick(dt=6.25))
     feed(Measured(check="health", measurement=Measurement(verdict=F, value=503.0, at=T0)))
     feed(Measured(check="health", measurement=Measurement(verdict=E, detail="timeout")))
@@ -1437,15 +1436,9 @@ def test_stage_time_counts_while_holding_paused_and_awaiting_only() -> None:
     assert (run.c.stage_index, run.c.stage_elapsed) == (1, 0)  # a new stage starts at 0
 
 
-# --- bugs ----------------------------------------------------------------------------------------
+# --- regressions of bugs found and fixed ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a pass measured while shifting (before the stage's share is verified) opens"
-    " the gate of the stage being entered, so a stage with hold 0 passes on ShiftApplied"
-    " without one measurement at its share",
-)
 def test_a_pass_measured_while_shifting_does_not_pass_the_stage() -> None:
     stages = (STAGES[0], Stage(weight=50, hold=0), STAGES[2])
     run = at_holding(make_plan(stages=stages))
@@ -1457,6 +1450,24 @@ def test_a_pass_measured_while_shifting_does_not_pass_the_stage() -> None:
     assert (s.cutover.stage_index, s.cutover.phase) == (1, Phase.HOLDING)
 
 
+def _awaiting_reasserting() -> Run:
+    run = at_awaiting(make_plan(on_drift="reassert"))
+    run.feed(Observed(router="edge", share=80.0, known=False))
+    assert (run.c.status, run.c.phase) == (AWAITING, Phase.SHIFTING)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("build", "share"),
+    [(at_paused_shifting, 10), (_awaiting_reasserting, 50)],
+    ids=["paused-shifting", "awaiting-reasserting"],
+)
+def test_restart_completes_a_shift_in_flight(build: Callable[[], Run], share: int) -> None:
+    run = build()
+    s = run.feed(Restarted())
+    assert any(isinstance(a, Apply) and a.share == share for a in s.actions)
+
+
 # --- properties ----------------------------------------------------------------------------------
 
 _ACTIVE = (RUNNING, AWAITING, PAUSED)
@@ -1464,9 +1475,11 @@ _WALL = st.sampled_from([0.5, 1.0, 30.0, 250.0, 700.0])
 _ADVANCE = st.just(("advance",))  # promote, resume, or apply + hold + pass the current stage
 _NOISE = st.one_of(
     st.tuples(st.just("tick"), st.sampled_from([1.0, 5.0, 20.0, 30.0, 61.0, 200.0])),
-    st.tuples(st.just("measured"), st.sampled_from(CHECKS), st.sampled_from([P, F, I, E])),
+    st.tuples(st.just("measured"), st.sampled_from(CHECKS), st.sampled_from([P, F, INC, E])),
     st.tuples(st.just("applied"), st.sampled_from(["current", "stale"])),
-    st.tuples(st.just("shift_failed"), st.sampled_from(["current", "stale"]), st.sampled_from(ROUTERS)),
+    st.tuples(
+        st.just("shift_failed"), st.sampled_from(["current", "stale"]), st.sampled_from(ROUTERS)
+    ),
     st.tuples(st.just("command"), st.sampled_from(["pause", "resume", "promote", "abort"])),
     st.tuples(
         st.just("observed"),
@@ -1544,7 +1557,7 @@ def to_input(op: tuple[Any, ...], c: Cutover) -> Input:
     if kind == "tick":
         return Tick(dt=op[1])
     if kind == "measured":
-        value = {P: 0.001, F: 0.5, I: None, E: None}[op[2]]
+        value = {P: 0.001, F: 0.5, INC: None, E: None}[op[2]]
         return Measured(check=op[1], measurement=Measurement(verdict=op[2], value=value))
     if kind == "applied":
         share = c.share if op[1] == "current" else stale

@@ -35,7 +35,7 @@ def worst(verdicts: list[Verdict]) -> Verdict | None:
 
 
 def _describe(m: Measurement) -> str:
-    value = "" if m.value is None else f"value {m.value:g}"
+    value = "" if m.value is None else f"value {m.value:.4g}"
     return "; ".join(part for part in (value, m.detail) if part) or m.verdict.value
 
 

@@ -1436,7 +1436,7 @@ def test_stage_time_counts_while_holding_paused_and_awaiting_only() -> None:
     assert (run.c.stage_index, run.c.stage_elapsed) == (1, 0)  # a new stage starts at 0
 
 
-# --- regressions of bugs found and fixed ----------------------------------------------------------------------------------------
+# --- regressions of bugs found and fixed -----------------------------------------------------
 
 
 def test_a_pass_measured_while_shifting_does_not_pass_the_stage() -> None:

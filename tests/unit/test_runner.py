@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import pytest
 import structlog
@@ -34,7 +34,7 @@ from cutover.testing import FakeCheck, FakeClock, FakeRouter
 
 #: Real seconds any one test may take before it fails as hung.
 GUARD = 3.0
-STEP = 0.05  # fake seconds per clock step: finer than the runner's 0.25 s tick
+STEP = 0.1  # fake seconds per clock step: finer than the runner's 0.25 s tick
 
 STAGES = (
     Stage(weight=10, hold=10.0),
@@ -42,6 +42,7 @@ STAGES = (
     Stage(weight=100, hold=10.0),
 )
 ALL_OLD = {"share": "maint"}
+Action = Literal["pause", "resume", "promote", "abort"]
 RUNNING, PAUSED, AWAITING = Status.RUNNING, Status.PAUSED, Status.AWAITING_APPROVAL
 ROLLING_BACK, FAILED = Status.ROLLING_BACK, Status.FAILED
 COMPLETED, ROLLED_BACK = Status.COMPLETED, Status.ROLLED_BACK
@@ -58,21 +59,28 @@ def make_plan(**changes: Any) -> Plan:
 
 
 class TrackedStore(SqliteStore):
-    """The real store, counting writes in flight on its thread so tests can wait for them;
+    """The real store, tracking writes in flight on its thread so tests can wait for them;
     ``fail_when`` makes the first save whose cutover matches it fail (a full disk, a lock)."""
 
-    inflight = 0
-    fail_when: Callable[[Cutover], bool] | None = None
+    def __init__(self, *, path: str) -> None:
+        super().__init__(path=path)
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.fail_when: Callable[[Cutover], bool] | None = None
 
     async def save(self, cutover: Cutover, events: Sequence[Event]) -> Cutover:
         if self.fail_when is not None and self.fail_when(cutover):
             self.fail_when = None
             raise StoreError(f"state store {self.path}: the disk is full (simulated)")
         self.inflight += 1
+        self.idle.clear()
         try:
             return await super().save(cutover, events)
         finally:
             self.inflight -= 1
+            if not self.inflight:
+                self.idle.set()
 
 
 @dataclass
@@ -109,6 +117,11 @@ class Scenario:
                 await task
         await self.settle()
 
+    async def command(self, action: Action, *, actor: str = "operator") -> Cutover:
+        """An operator command, as the API hands it to the runner."""
+        assert self.runner is not None
+        return await self.runner.command(Command(action=action, actor=actor))
+
     async def finished(self) -> Cutover:
         assert self.task is not None
         return await self.task
@@ -120,10 +133,6 @@ class Scenario:
 
     # --- time -------------------------------------------------------------------------------
 
-    async def _store_idle(self) -> None:
-        while self.store.inflight:
-            await asyncio.sleep(0.0005)  # the store's thread, not fake time
-
     async def settle(self) -> None:
         """Run the loop until nothing is ready and no store write is in flight."""
         idle = 0
@@ -131,7 +140,7 @@ class Scenario:
             await FakeClock.settle(yields=10)
             if self.store.inflight:
                 idle = 0
-                await self._store_idle()
+                await self.store.idle.wait()  # the store's thread, not fake time
             else:
                 idle += 1
 
@@ -146,9 +155,13 @@ class Scenario:
 
     async def until_real(self, predicate: Callable[[Cutover], bool], limit: float = 1.5) -> None:
         """Wait in real time without moving the fake clock (for real sleeps in the engine)."""
-        async with asyncio.timeout(limit):
-            while not predicate(self.c):
-                await asyncio.sleep(0.002)
+        poll = 0.002
+        for _ in range(int(limit / poll)):
+            if predicate(self.c):
+                break
+            await asyncio.sleep(poll)
+        else:
+            raise TimeoutError(f"condition not met within {limit:g}s of real time")
         await self.settle()
 
     async def holding(self, stage: int, *, within: float = 60.0) -> float:
@@ -171,8 +184,14 @@ class Scenario:
         return c
 
 
+class MakeScenario(Protocol):
+    def __call__(
+        self, plan: Plan | None = None, *, checks: Sequence[str] = ..., start: bool = ...
+    ) -> Awaitable[Scenario]: ...
+
+
 @pytest.fixture
-async def scenario(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def scenario(tmp_path: Path) -> AsyncIterator[MakeScenario]:
     store = TrackedStore(path=str(tmp_path / "state.db"))
     await store.open()
     made: list[Scenario] = []
@@ -223,21 +242,19 @@ def seq_contiguous(events: list[Event]) -> bool:
 def at(events: list[Event], kind: str, **data: Any) -> list[float]:
     """Wall times of the events of ``kind`` whose data matches ``data``."""
     return [
-        e.at
-        for e in events
-        if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())
+        e.at for e in events if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())
     ]
 
 
 # --- logging ------------------------------------------------------------------------------------
 
 
-async def test_runner_logs_every_journal_event_with_structlog(scenario: Any) -> None:
+async def test_runner_logs_every_journal_event_with_structlog(scenario: MakeScenario) -> None:
     # was a BUG: Runner._commit called self._log.info(e.message, event=e.kind, ...), passing
     # structlog's 'event' twice: TypeError, and the runner died after its first event
     with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(GUARD):
-            s: Scenario = await scenario()
+            s = await scenario()
             await s.holding(0)
             assert s.task is not None and not s.task.done()
     kinds = [line.get("kind") for line in logs if "kind" in line]
@@ -249,10 +266,10 @@ async def test_runner_logs_every_journal_event_with_structlog(scenario: Any) -> 
 # --- a cutover that completes -------------------------------------------------------------------
 
 
-async def test_three_stages_complete_with_holds_on_the_fake_clock(scenario: Any) -> None:
+async def test_three_stages_complete_with_holds_on_the_fake_clock(scenario: MakeScenario) -> None:
     t0 = time.perf_counter()
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         start_mono = s.clock.monotonic()
         await s.until(lambda c: c.status is COMPLETED, within=60)
         c = await s.finished()
@@ -268,7 +285,7 @@ async def test_three_stages_complete_with_holds_on_the_fake_clock(scenario: Any)
 
         events = await s.journal()
         assert seq_contiguous(events)
-        assert [e.kind for e in events if e.kind != "paused"] == [
+        assert [e.kind for e in events] == [
             "started",
             "stage_started",
             "stage_applied",
@@ -291,17 +308,17 @@ async def test_three_stages_complete_with_holds_on_the_fake_clock(scenario: Any)
     assert time.perf_counter() - t0 < 2.0
 
 
-async def test_approval_stage_waits_for_promote(scenario: Any) -> None:
+async def test_approval_stage_waits_for_promote(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
         stages = (STAGES[0], Stage(weight=50, hold=10.0, approval=True), STAGES[2])
-        s: Scenario = await scenario(make_plan(stages=stages))
+        s = await scenario(make_plan(stages=stages))
         await s.until(lambda c: c.status is AWAITING)
         await s.run_for(30)
         assert (s.c.status, s.c.stage_index) == (AWAITING, 1)
         assert s.routers["edge"].applied == [10, 50]
         with pytest.raises(ConflictError):
-            await s.runner.command(Command(action="resume"))  # type: ignore[union-attr]
-        c = await s.runner.command(Command(action="promote", actor="rm"))  # type: ignore[union-attr]
+            await s.command("resume")
+        c = await s.command("promote", actor="rm")
         assert (c.status, c.stage_index, c.phase) == (RUNNING, 2, Phase.SHIFTING)
         await s.until(lambda c: c.status is COMPLETED, within=15)
         assert "promoted" in await s.kinds()
@@ -310,9 +327,9 @@ async def test_approval_stage_waits_for_promote(scenario: Any) -> None:
 # --- checks ----------------------------------------------------------------------------------
 
 
-async def test_check_failing_twice_in_stage_two_rolls_back(scenario: Any) -> None:
+async def test_check_failing_twice_in_stage_two_rolls_back(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(1)
         await s.run_for(3)
         s.checks["health"].set(Verdict.FAIL, value=503.0, detail="HTTP 503")
@@ -339,12 +356,13 @@ async def test_check_failing_twice_in_stage_two_rolls_back(scenario: Any) -> Non
         assert (await s.stored()).status is ROLLED_BACK
 
 
-async def test_checks_keep_running_while_paused_and_a_failure_rolls_back(scenario: Any) -> None:
+async def test_checks_keep_running_while_paused_and_a_failure_rolls_back(
+    scenario: MakeScenario,
+) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
-        assert s.runner is not None
-        await s.runner.command(Command(action="pause", actor="alice"))
+        await s.command("pause", actor="alice")
         await s.run_for(20)
         assert (s.c.status, s.c.stage_index) == (PAUSED, 0)  # the hold does not pass paused
         before = s.checks["health"].measured
@@ -357,9 +375,11 @@ async def test_checks_keep_running_while_paused_and_a_failure_rolls_back(scenari
 # --- routers ---------------------------------------------------------------------------------
 
 
-async def test_transient_router_error_during_a_forward_shift_is_retried(scenario: Any) -> None:
+async def test_transient_router_error_during_a_forward_shift_is_retried(
+    scenario: MakeScenario,
+) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         edge = s.routers["edge"]
         edge.fail(TransientError, "router edge: connection refused", times=1)
@@ -377,9 +397,9 @@ async def test_transient_router_error_during_a_forward_shift_is_retried(scenario
         assert kinds.count("stage_started") == 3
 
 
-async def test_permanent_router_error_rolls_back_naming_the_router(scenario: Any) -> None:
+async def test_permanent_router_error_rolls_back_naming_the_router(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         dns = s.routers["dns"]
         dns.fail(PermanentError, "router dns: NOTAUTH for checkout.example.com.", times=1)
@@ -394,14 +414,13 @@ async def test_permanent_router_error_rolls_back_naming_the_router(scenario: Any
         assert len(started) == 1 and started[0].data["cause"] == "router"
 
 
-async def test_rollback_that_cannot_be_verified_fails_then_recovers(scenario: Any) -> None:
+async def test_rollback_that_cannot_be_verified_fails_then_recovers(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         edge = s.routers["edge"]
         edge.fail(TransientError, "router edge: no answer within 2s", times=None)
-        assert s.runner is not None
-        c = await s.runner.command(Command(action="abort", actor="alice"))
+        c = await s.command("abort", actor="alice")
         assert c.status is ROLLING_BACK
 
         took = await s.until(lambda c: c.status is FAILED, within=10)
@@ -419,6 +438,7 @@ async def test_rollback_that_cannot_be_verified_fails_then_recovers(scenario: An
 
         edge.clear()  # the router recovers by itself
         took = await s.until(lambda c: c.status is ROLLED_BACK, within=6)
+        assert took <= 5.0  # the next retry, at most the 5 s backoff cap away
         assert edge.state == ALL_OLD
         c = await s.finished()
         assert c.reason == "aborted by alice"
@@ -433,13 +453,12 @@ async def test_rollback_that_cannot_be_verified_fails_then_recovers(scenario: An
     "RollbackVerified for all routers at once); per-router rollback progress never reaches the "
     "machine, so a router verified at 0 % is reported as failing",
 )
-async def test_failed_event_names_only_the_unverified_router(scenario: Any) -> None:
+async def test_failed_event_names_only_the_unverified_router(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         s.routers["edge"].fail(TransientError, "router edge: timeout", times=None)
-        assert s.runner is not None
-        await s.runner.command(Command(action="abort"))
+        await s.command("abort")
         await s.until(lambda c: c.status is FAILED, within=10)
         assert s.routers["dns"].state == ALL_OLD
         failed = next(e for e in await s.journal() if e.kind == "failed")
@@ -452,9 +471,11 @@ async def test_failed_event_names_only_the_unverified_router(scenario: Any) -> N
     "with asyncio.sleep and measure apply_timeout on time.monotonic, not on the injected "
     "Clock (DESIGN.md point 7): with a fake clock apply_timeout never expires",
 )
-async def test_transient_errors_past_apply_timeout_roll_back_on_the_clock(scenario: Any) -> None:
+async def test_transient_errors_past_apply_timeout_roll_back_on_the_clock(
+    scenario: MakeScenario,
+) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario(make_plan(apply_timeout=2.0))
+        s = await scenario(make_plan(apply_timeout=2.0))
         await s.holding(0)
         s.routers["edge"].fail(TransientError, "router edge: connection refused", times=None)
         await s.until(lambda c: c.stage_index == 1)
@@ -471,10 +492,10 @@ async def test_transient_errors_past_apply_timeout_roll_back_on_the_clock(scenar
     "apply_timeout",
 )
 async def test_hanging_router_during_a_shift_rolls_back_after_apply_timeout(
-    scenario: Any,
+    scenario: MakeScenario,
 ) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario(make_plan(apply_timeout=2.0))
+        s = await scenario(make_plan(apply_timeout=2.0))
         await s.holding(0)
         s.routers["edge"].hang(ops=("apply",))
         await s.until(lambda c: c.stage_index == 1)
@@ -485,27 +506,26 @@ async def test_hanging_router_during_a_shift_rolls_back_after_apply_timeout(
 # --- operator commands -------------------------------------------------------------------------
 
 
-async def test_pause_during_an_apply_in_flight_is_applied_after_it(scenario: Any) -> None:
+async def test_pause_during_an_apply_in_flight_is_applied_after_it(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         edge = s.routers["edge"]
         edge.hang(ops=("apply",))
         await s.until(lambda c: edge.hanging == 1)
         assert (s.c.stage_index, s.c.phase) == (1, Phase.SHIFTING)
-        assert s.runner is not None
 
         # refused commands raise and change nothing
         with pytest.raises(ConflictError, match="cannot promote while shifting"):
-            await s.runner.command(Command(action="promote"))
+            await s.command("promote")
         with pytest.raises(ConflictError, match="cannot resume a cutover that is running"):
-            await s.runner.command(Command(action="resume"))
+            await s.command("resume")
 
-        c = await s.runner.command(Command(action="pause", actor="alice"))
+        c = await s.command("pause", actor="alice")
         assert (c.status, c.phase) == (PAUSED, Phase.SHIFTING)
         assert edge.hanging == 1  # the pause did not cancel the shift in flight
         with pytest.raises(ConflictError, match="cannot pause a cutover that is paused"):
-            await s.runner.command(Command(action="pause"))
+            await s.command("pause")
 
         edge.clear()  # the apply returns: the shift completes, the pause stays
         await s.until_real(lambda c: c.phase is Phase.HOLDING)
@@ -517,7 +537,7 @@ async def test_pause_during_an_apply_in_flight_is_applied_after_it(scenario: Any
         await s.run_for(30)
         assert (s.c.status, s.c.stage_index, s.c.hold_elapsed) == (PAUSED, 1, 0.0)
 
-        await s.runner.command(Command(action="resume", actor="alice"))
+        await s.command("resume", actor="alice")
         await s.until(lambda c: c.status is COMPLETED, within=30)
 
         events = await s.journal()
@@ -533,15 +553,14 @@ async def test_pause_during_an_apply_in_flight_is_applied_after_it(scenario: Any
         assert edge.applied == [10, 50, 100]
 
 
-async def test_abort_during_an_apply_in_flight_rolls_back_at_once(scenario: Any) -> None:
+async def test_abort_during_an_apply_in_flight_rolls_back_at_once(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         dns = s.routers["dns"]
         dns.hang(ops=("apply",), times=1)  # only the forward shift hangs
         await s.until(lambda c: dns.hanging == 1)
-        assert s.runner is not None
-        await s.runner.command(Command(action="abort", actor="alice"))
+        await s.command("abort", actor="alice")
         await s.until(lambda c: c.status is ROLLED_BACK, within=2)
         assert dns.hanging == 0  # the forward shift was cancelled
         assert all(r.state == ALL_OLD for r in s.routers.values())
@@ -554,27 +573,26 @@ async def test_abort_during_an_apply_in_flight_rolls_back_at_once(scenario: Any)
     "run()'s finally); the Supervisor drops the runner only in a done-callback, so an API "
     "request landing in between hangs instead of getting 409",
 )
-async def test_command_after_the_runner_ended_is_refused(scenario: Any) -> None:
+async def test_command_after_the_runner_ended_is_refused(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.until(lambda c: c.status is COMPLETED, within=60)
         await s.finished()
-        assert s.runner is not None
         with pytest.raises(ConflictError):
             async with asyncio.timeout(0.2):
-                await s.runner.command(Command(action="pause"))
+                await s.command("pause")
 
 
 # --- drift -----------------------------------------------------------------------------------
 
 
-async def test_drift_during_a_hold_pauses_by_default(scenario: Any) -> None:
+async def test_drift_during_a_hold_pauses_by_default(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         await s.run_for(2)
         dns = s.routers["dns"]
-        calls = len(dns.calls)
+        applied = list(dns.applied)
         dns.set_by_hand(0)  # an operator takes green out of DNS
         await s.until(lambda c: c.status is PAUSED, within=3)
 
@@ -587,13 +605,13 @@ async def test_drift_during_a_hold_pauses_by_default(scenario: Any) -> None:
         await s.run_for(30)  # not overwritten, no stage change, no more drift events
         assert (s.c.status, s.c.stage_index) == (PAUSED, 0)
         assert dns.state == {"share": "w0"}
-        assert dns.ops("apply") == [c for c in dns.calls[:calls] if c.op == "apply"]
+        assert dns.applied == applied
         assert (await s.kinds()).count("drift") == 1
 
 
-async def test_drift_with_on_drift_rollback_rolls_back(scenario: Any) -> None:
+async def test_drift_with_on_drift_rollback_rolls_back(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario(make_plan(on_drift="rollback"))
+        s = await scenario(make_plan(on_drift="rollback"))
         await s.holding(1)
         s.routers["edge"].set_by_hand(100)  # someone pushed everything to green
         await s.until(lambda c: c.status is ROLLED_BACK, within=3)
@@ -603,12 +621,50 @@ async def test_drift_with_on_drift_rollback_rolls_back(scenario: Any) -> None:
         assert kinds[-3:] == ["drift", "rollback_started", "rolled_back"]
 
 
+async def test_drift_reassert_moves_back_toward_the_old_color_only(scenario: MakeScenario) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario(make_plan(on_drift="reassert"))
+        await s.holding(1)
+        edge = s.routers["edge"]
+        edge.set_by_hand(100)  # more new than the stage asks: reasserted (toward old)
+        await s.until(lambda c: edge.state == {"share": "w50"}, within=3)
+        await s.until(lambda c: c.phase is Phase.HOLDING and not c.router("edge").drift)
+        assert s.c.status is RUNNING
+        assert edge.applied == [10, 50, 50]
+
+        edge.set_by_hand(0)  # less new than the stage asks: never pushed toward new
+        await s.until(lambda c: c.status is PAUSED, within=3)
+        await s.run_for(10)
+        assert edge.state == {"share": "w0"}
+        assert edge.applied == [10, 50, 50]
+        assert (await s.kinds()).count("drift") == 2
+
+
+async def test_unreadable_router_during_a_hold_is_an_error_not_drift(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        edge = s.routers["edge"]
+        edge.fail(TransientError, "router edge: connection refused", times=None, ops=("observe",))
+        await s.run_for(3)
+        assert s.c.status is RUNNING
+        assert s.c.router("edge").error == "router edge: connection refused"
+        assert s.c.router("edge").drift is False
+        edge.clear()
+        await s.run_for(1.5)
+        assert s.c.router("edge").error == ""
+        await s.until(lambda c: c.status is COMPLETED, within=40)
+        assert "drift" not in await s.kinds()
+
+
 # --- restart ---------------------------------------------------------------------------------
 
 
-async def test_restart_mid_hold_continues_and_completes(scenario: Any) -> None:
+async def test_restart_mid_hold_continues_and_completes(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(1)
         await s.run_for(6.2)
         await s.stop()  # the daemon stops mid-hold; traffic stays as it is
@@ -639,9 +695,9 @@ async def test_restart_mid_hold_continues_and_completes(scenario: Any) -> None:
             assert r.applied == [10, 50, 100]
 
 
-async def test_restart_mid_shift_completes_the_stage_change(scenario: Any) -> None:
+async def test_restart_mid_shift_completes_the_stage_change(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         edge = s.routers["edge"]
         edge.hang(ops=("apply",))
@@ -662,9 +718,11 @@ async def test_restart_mid_shift_completes_the_stage_change(scenario: Any) -> No
         assert s.routers["dns"].applied == [10, 50, 100]  # already there: not written again
 
 
-async def test_manual_rollback_while_down_is_not_undone_by_a_restart(scenario: Any) -> None:
+async def test_manual_rollback_while_down_is_not_undone_by_a_restart(
+    scenario: MakeScenario,
+) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         edge = s.routers["edge"]
         edge.hang(ops=("apply",))
@@ -689,9 +747,35 @@ async def test_manual_rollback_while_down_is_not_undone_by_a_restart(scenario: A
         assert "rollback_started" not in [e.kind for e in events]
 
 
-async def test_more_than_three_restarts_in_ten_minutes_pause(scenario: Any) -> None:
+@pytest.mark.parametrize("down_in", [ROLLING_BACK, FAILED])
+async def test_restart_during_a_rollback_carries_on_with_it(
+    scenario: MakeScenario, down_in: Status
+) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
+        await s.holding(1)
+        edge = s.routers["edge"]
+        edge.fail(TransientError, "router edge: timeout", times=None)
+        s.checks["health"].set(Verdict.FAIL, value=0.2)
+        await s.until(lambda c: c.status is down_in, within=10)
+        await s.stop()
+        reason = (await s.stored()).reason
+        assert reason is not None and "check health" in reason
+
+        edge.clear()
+        await s.start(restarted=True)
+        await s.until(lambda c: c.status is ROLLED_BACK, within=3)
+        assert s.c.reason == reason  # the reason survives the restart
+        assert all(r.state == ALL_OLD for r in s.routers.values())
+        events = await s.journal()
+        assert seq_contiguous(events)
+        kinds = Counter(e.kind for e in events)
+        assert (kinds["rollback_started"], kinds["rolled_back"], kinds["restarted"]) == (1, 1, 1)
+
+
+async def test_more_than_three_restarts_in_ten_minutes_pause(scenario: MakeScenario) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
         await s.holding(0)
         for _ in range(3):
             await s.stop()
@@ -712,10 +796,10 @@ async def test_more_than_three_restarts_in_ten_minutes_pause(scenario: Any) -> N
 
 @pytest.mark.parametrize("jump", [3600.0, -3600.0])
 async def test_wall_clock_jump_neither_shortens_a_hold_nor_skips_checks(
-    scenario: Any, jump: float
+    scenario: MakeScenario, jump: float
 ) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         applied_at = s.clock.monotonic()
         await s.run_for(2)
@@ -741,10 +825,10 @@ async def test_wall_clock_jump_neither_shortens_a_hold_nor_skips_checks(
     "a store hiccup at a stage change leaves the cutover 'shifting' forever (until a restart)",
 )
 async def test_store_write_failure_at_a_stage_change_does_not_stall_the_cutover(
-    scenario: Any,
+    scenario: MakeScenario,
 ) -> None:
     async with asyncio.timeout(GUARD):
-        s: Scenario = await scenario()
+        s = await scenario()
         await s.holding(0)
         s.store.fail_when = lambda c: c.stage_index == 1
         await s.until(lambda c: c.stage_index == 1)

@@ -7,7 +7,6 @@ every running cutover, and the next start resumes them (PRODUCT.md, Restart).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 
 import structlog
@@ -17,37 +16,15 @@ from cutover.api.app import make_app
 from cutover.config import Config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
-from cutover.errors import ConfigError
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 
-__all__ = ["run_daemon", "split_listen"]
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["run_daemon"]
 
 
 async def run_daemon(config: Config) -> None:
     log = structlog.get_logger()
-    host, port = split_listen(config.api.listen)
-    if not config.api.tokens and not _is_loopback(host):
-        raise ConfigError(
-            [
-                f"api.listen: {config.api.listen} is not loopback and api.tokens is empty; "
-                "configure tokens before listening beyond this machine"
-            ]
-        )
+    host, port = config.api.host, config.api.port  # config refuses non-loopback w/o tokens
     store = SqliteStore(path=config.state.sqlite)
     await store.open()
     metrics = Metrics()

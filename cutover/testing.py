@@ -169,7 +169,6 @@ class FakeClock:
 # --- router --------------------------------------------------------------------------------
 
 RouterOp = Literal["preflight", "apply", "observe"]
-_ALL_OPS: tuple[RouterOp, ...] = ("preflight", "apply", "observe")
 
 
 @dataclass(frozen=True, kw_only=True)

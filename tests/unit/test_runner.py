@@ -366,9 +366,10 @@ async def test_checks_keep_running_while_paused_and_a_failure_rolls_back(
         await s.run_for(20)
         assert (s.c.status, s.c.stage_index) == (PAUSED, 0)  # the hold does not pass paused
         before = s.checks["health"].measured
-        s.checks["health"].set(Verdict.FAIL)
+        s.checks["health"].script(Verdict.FAIL, Verdict.FAIL)  # then passes again
         await s.until(lambda c: c.status is ROLLED_BACK, within=5)
         assert s.checks["health"].measured - before == 2
+        assert s.c.reason is not None and s.c.reason.startswith("check health failed 2")
         assert all(r.state == ALL_OLD for r in s.routers.values())
 
 
@@ -745,6 +746,14 @@ async def test_manual_rollback_while_down_is_not_undone_by_a_restart(
         drift = [e for e in events if e.kind == "drift"]
         assert sorted(e.data["router"] for e in drift) == ["dns", "edge"]
         assert "rollback_started" not in [e.kind for e in events]
+
+        await s.stop()  # and once more: a paused shift is retried, still without overwriting
+        await s.start(restarted=True)
+        await s.run_for(5)
+        assert s.c.status is PAUSED
+        assert all(r.state == {"share": "w0"} for r in s.routers.values())
+        assert {n: r.applied for n, r in s.routers.items()} == applied
+        assert (await s.kinds()).count("drift") == 2
 
 
 @pytest.mark.parametrize("down_in", [ROLLING_BACK, FAILED])

@@ -41,6 +41,7 @@ __all__ = [
     "Restarted",
     "Rollback",
     "RollbackVerified",
+    "RouterRolledBack",
     "ShiftApplied",
     "ShiftFailed",
     "Step",
@@ -80,6 +81,14 @@ class ShiftFailed:
 @dataclass(frozen=True, kw_only=True)
 class RollbackVerified:
     states: dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterRolledBack:
+    """One router reads all-old during a rollback (the others may still be retried)."""
+
+    router: str
+    state: dict[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +135,7 @@ Input = (
     | ShiftApplied
     | ShiftFailed
     | RollbackVerified
+    | RouterRolledBack
     | Tick
     | Measured
     | Observed
@@ -240,7 +250,7 @@ def _start_rollback(c: Cutover, now: float, reason: str, cause: str) -> Step:
         reason=reason,
         rollback_elapsed=0.0,
         paused_from=None,
-        routers=tuple(replace(r, desired=0) for r in c.routers),
+        routers=tuple(replace(r, desired=0, verified=False) for r in c.routers),
     )
     return Step(
         cutover=c,
@@ -369,6 +379,27 @@ def _on_shift_failed(c: Cutover, e: ShiftFailed, now: float) -> Step:
     return _start_rollback(c, now, reason, "router")
 
 
+def _on_router_rolled_back(c: Cutover, e: RouterRolledBack, now: float) -> Step:
+    r = replace(
+        c.router(e.router),
+        written=0,
+        written_state=e.state,
+        observed=0.0,
+        verified=True,
+        drift=False,
+        error="",
+    )
+    return Step(cutover=c.with_router(r))
+
+
+def _on_observed_rolling(c: Cutover, e: Observed, now: float) -> Step:
+    """During a rollback a read-back only informs status (errors shown per router)."""
+    r = c.router(e.router)
+    if e.error:
+        return Step(cutover=c.with_router(replace(r, error=e.error)))
+    return Step(cutover=c.with_router(replace(r, observed=e.share, detail=e.detail)))
+
+
 def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
     routers = tuple(
         replace(
@@ -377,6 +408,7 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
             written=0,
             written_state=e.states.get(r.name, r.written_state),
             observed=0.0,
+            verified=True,
             drift=False,
             error="",
         )
@@ -426,7 +458,7 @@ def _on_tick_rolling_back(c: Cutover, e: Tick, now: float) -> Step:
     c = replace(c, rollback_elapsed=c.rollback_elapsed + e.dt)
     if c.rollback_elapsed < c.plan.rollback_timeout:
         return Step(cutover=c)
-    unverified = [r.name for r in c.routers if r.written != 0]
+    unverified = [r.name for r in c.routers if not r.verified]
     c = replace(c, status=Status.FAILED)
     return Step(
         cutover=c,
@@ -611,6 +643,8 @@ TABLE: dict[tuple[Status, type], Handler] = {
     (Status.PAUSED, Tick): _on_tick_paused,
     (Status.ROLLING_BACK, Tick): _on_tick_rolling_back,
     **{(s, RollbackVerified): _on_rollback_verified for s in _ROLLING},
+    **{(s, RouterRolledBack): _on_router_rolled_back for s in _ROLLING},
+    **{(s, Observed): _on_observed_rolling for s in _ROLLING},
     **{(s, Measured): _on_measured for s in _ACTIVE},
     **{(s, Observed): _on_observed for s in _ACTIVE},
     **{(s, Restarted): _on_restarted for s in (*_ACTIVE, *_ROLLING)},

@@ -150,6 +150,7 @@ class RouterStatus:
     detail: str = ""
     drift: bool = False
     error: str = ""
+    verified: bool = True  # False from a rollback's start until this router reads all-old
 
 
 @dataclass(frozen=True, kw_only=True)

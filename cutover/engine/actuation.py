@@ -2,33 +2,35 @@
 
 A forward shift reads each router first and writes only when it holds what the daemon last
 wrote (or ``force``): reconciliation may move traffic toward the new color only from our own
-state (PRODUCT.md, Drift). Transient errors are retried with backoff for ``apply_timeout``;
-permanent ones are not. A rollback writes 0 % new with evacuation to every router at once and
-re-reads; it counts as verified when the router *reads* all-old, even if the write errored.
-Routers of one cutover are driven concurrently.
+state (PRODUCT.md, Drift). Transient errors and hanging calls are retried with backoff for
+``apply_timeout`` on the engine's clock (tenacity measures real time, so it cannot serve the
+injected clock); permanent ones are not. A rollback writes 0 % new with evacuation to every
+router at once and re-reads; it counts as verified when the router *reads* all-old, even if
+the write errored. Routers of one cutover are driven concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
-
+from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Reading, Router, RouterState
 
-__all__ = ["RouterOutcome", "rollback_once", "shift"]
+__all__ = ["CALL_TIMEOUT", "RouterOutcome", "rollback_once", "shift", "within"]
+
+#: Bound on one router call during a rollback, on top of the adapter's own timeouts.
+CALL_TIMEOUT = 10.0
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +62,49 @@ async def _observe(router: Router, metrics: Metrics | None) -> Reading:
         return await router.observe()
 
 
+async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> T:
+    """``coro`` bounded by ``seconds`` on ``clock`` (so a fake clock bounds it in tests too);
+    raises :class:`TransientError` when the time runs out."""
+    work = asyncio.ensure_future(coro)
+    timer = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
+    try:
+        await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        if not work.done():
+            work.cancel()
+    if work.cancelled() or not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise TransientError(f"no answer within {seconds:g}s")
+    return work.result()
+
+
+async def _shift_attempt(
+    router: Router,
+    share: int,
+    *,
+    written_state: RouterState | None,
+    force: bool,
+    metrics: Metrics | None,
+) -> RouterOutcome:
+    reading = await _observe(router, metrics)
+    target = router.expected(share)
+    if dict(reading.state) == dict(target):
+        return RouterOutcome(router=router.name, result="applied", reading=reading)
+    if not force and dict(reading.state) != dict(written_state or {}):
+        return RouterOutcome(router=router.name, result="drift", reading=reading)
+    with _Timer(metrics, router, "apply"):
+        await router.apply(share)
+    reading = await _observe(router, metrics)
+    if dict(reading.state) != dict(target):
+        raise TransientError(
+            f"router {router.name}: read back {dict(reading.state)} after setting "
+            f"{share}%, expected {dict(target)}"
+        )
+    return RouterOutcome(router=router.name, result="applied", reading=reading)
+
+
 async def _shift_one(
     router: Router,
     share: int,
@@ -67,41 +112,31 @@ async def _shift_one(
     written_state: RouterState | None,
     force: bool,
     apply_timeout: float,
+    clock: Clock,
     metrics: Metrics | None,
 ) -> RouterOutcome:
-    try:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(apply_timeout),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(TransientError),
-            reraise=False,
-        ):
-            with attempt:
-                reading = await _observe(router, metrics)
-                target = router.expected(share)
-                if dict(reading.state) == dict(target):
-                    return RouterOutcome(router=router.name, result="applied", reading=reading)
-                if not force and dict(reading.state) != dict(written_state or {}):
-                    return RouterOutcome(router=router.name, result="drift", reading=reading)
-                with _Timer(metrics, router, "apply"):
-                    await router.apply(share)
-                reading = await _observe(router, metrics)
-                if dict(reading.state) != dict(target):
-                    raise TransientError(
-                        f"router {router.name}: read back {dict(reading.state)} after setting "
-                        f"{share}%, expected {dict(target)}"
-                    )
-                return RouterOutcome(router=router.name, result="applied", reading=reading)
-    except RetryError as exc:
-        last = exc.last_attempt.exception()
-        return RouterOutcome(
-            router=router.name,
-            result="failed",
-            error=f"{last} (still failing after {apply_timeout:g}s of retries)",
+    """Transient errors (and calls that hang) are retried with backoff until
+    ``apply_timeout`` on ``clock``; permanent ones are not retried."""
+    deadline = clock.monotonic() + apply_timeout
+    delay = RETRY_FIRST
+    while True:
+        attempt = _shift_attempt(
+            router, share, written_state=written_state, force=force, metrics=metrics
         )
-    except PermanentError as exc:
-        return RouterOutcome(router=router.name, result="failed", error=str(exc))
-    raise AssertionError("unreachable: AsyncRetrying returns or raises")
+        try:
+            return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt)
+        except PermanentError as exc:
+            return RouterOutcome(router=router.name, result="failed", error=str(exc))
+        except TransientError as exc:
+            last = str(exc)
+        if clock.monotonic() + delay >= deadline:
+            return RouterOutcome(
+                router=router.name,
+                result="failed",
+                error=f"{last} (still failing after {apply_timeout:g}s of retries)",
+            )
+        await clock.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
 
 
 async def shift(
@@ -111,6 +146,7 @@ async def shift(
     written_states: Mapping[str, RouterState | None],
     force: bool,
     apply_timeout: float,
+    clock: Clock,
     metrics: Metrics | None = None,
 ) -> list[RouterOutcome]:
     """Set every router to ``share`` concurrently; one outcome per router."""
@@ -123,6 +159,7 @@ async def shift(
                     written_state=written_states.get(name),
                     force=force,
                     apply_timeout=apply_timeout,
+                    clock=clock,
                     metrics=metrics,
                 )
                 for name, r in routers.items()
@@ -131,15 +168,15 @@ async def shift(
     )
 
 
-async def _rollback_one(router: Router, metrics: Metrics | None) -> RouterOutcome:
+async def _rollback_one(router: Router, clock: Clock, metrics: Metrics | None) -> RouterOutcome:
     write_error = ""
     try:
         with _Timer(metrics, router, "rollback"):
-            await router.apply(0, evacuate=True)
+            await within(clock, CALL_TIMEOUT, router.apply(0, evacuate=True))
     except AdapterError as exc:
         write_error = str(exc)
     try:
-        reading = await _observe(router, metrics)
+        reading = await within(clock, CALL_TIMEOUT, _observe(router, metrics))
         # after the read: a router built after a restart learns its servers from it
         target = router.expected(0, evacuate=True)
     except AdapterError as exc:
@@ -155,7 +192,7 @@ async def _rollback_one(router: Router, metrics: Metrics | None) -> RouterOutcom
 
 
 async def rollback_once(
-    routers: Mapping[str, Router], metrics: Metrics | None = None
+    routers: Mapping[str, Router], clock: Clock, metrics: Metrics | None = None
 ) -> list[RouterOutcome]:
     """One concurrent rollback attempt on the given routers."""
-    return list(await asyncio.gather(*(_rollback_one(r, metrics) for r in routers.values())))
+    return list(await asyncio.gather(*(_rollback_one(r, clock, metrics) for r in routers.values())))

@@ -29,13 +29,14 @@ from cutover.core.machine import (
     Observed,
     Rollback,
     RollbackVerified,
+    RouterRolledBack,
     ShiftApplied,
     ShiftFailed,
     Step,
     Tick,
 )
 from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict
-from cutover.engine.actuation import rollback_once, shift
+from cutover.engine.actuation import CALL_TIMEOUT, rollback_once, shift, within
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, ConflictError, StoreError
 from cutover.observability.metrics import Metrics
@@ -92,6 +93,8 @@ class Runner:
         self._last_mono = clock.monotonic()
         self._last_persist = self._last_mono
         self._unsaved_events: list[Event] = []
+        self._unsaved_actions: list[Action] = []
+        self._closed = False
         self._log = structlog.get_logger().bind(service=cutover.service, cutover=cutover.id)
         interval = min((p.interval for p in cutover.plan.checks), default=5.0)
         self._observe_every = max(1.0, min(interval, 10.0))
@@ -101,6 +104,8 @@ class Runner:
     async def command(self, cmd: Command) -> Cutover:
         """Hand an operator command to the runner; returns the cutover after it, or raises
         :class:`ConflictError` when the command does not apply now."""
+        if self._closed:
+            raise ConflictError("the cutover is no longer running", code="invalid_state")
         fut: asyncio.Future[Step] = asyncio.get_running_loop().create_future()
         await self._inbox.put((cmd, fut))
         result = await fut
@@ -131,6 +136,7 @@ class Runner:
             self._log.info("runner finished", status=self.cutover.status.value)
             return self.cutover
         finally:
+            self._closed = True
             for task in background:
                 task.cancel()
             await self._cancel_actuation()
@@ -143,7 +149,9 @@ class Runner:
             while not self._inbox.empty():  # nobody will answer these any more
                 _, fut = self._inbox.get_nowait()
                 if fut is not None and not fut.done():
-                    fut.set_exception(ConflictError("the cutover is no longer running"))
+                    fut.set_exception(
+                        ConflictError("the cutover is no longer running", code="invalid_state")
+                    )
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -191,9 +199,10 @@ class Runner:
     async def _commit(self, before: Cutover, step: Step, now_mono: float) -> None:
         c = step.cutover
         events = [*self._unsaved_events, *step.events]
+        actions = [*self._unsaved_actions, *step.actions]
         only_time = (
             not events
-            and not step.actions
+            and not actions
             and replace(c, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
             == replace(before, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
         )
@@ -202,14 +211,16 @@ class Runner:
             return
         try:
             c = await self._store.save(c, events)
-            self._unsaved_events = []
+            self._unsaved_events, self._unsaved_actions = [], []
             self._last_persist = now_mono
         except StoreError as exc:
-            # Not persisted, so not acted on -- except a rollback, which is always safe.
+            # Not persisted, so not acted on (kept for the next save) -- except a rollback,
+            # which is always safe to act on at once.
             self._unsaved_events = events
+            self._unsaved_actions = [a for a in actions if not isinstance(a, Rollback)]
             self._log.error("state store write failed", error=str(exc), alarm=True)
             self.cutover = c
-            if any(isinstance(a, Rollback) for a in step.actions):
+            if any(isinstance(a, Rollback) for a in actions):
                 await self._start_actuation(Rollback())
             return
         self.cutover = c
@@ -222,7 +233,7 @@ class Runner:
                     self._metrics.rollbacks.labels(c.service, str(e.data.get("cause"))).inc()
         if self._on_change is not None:
             await self._on_change(c, list(step.events))
-        for action in step.actions:
+        for action in actions:
             await self._start_actuation(action)
 
     # --- actuation --------------------------------------------------------------------------
@@ -247,6 +258,7 @@ class Runner:
             written_states={r.name: r.written_state for r in c.routers},
             force=action.force,
             apply_timeout=c.plan.apply_timeout,
+            clock=self._clock,
             metrics=self._metrics,
         )
         failed = [o for o in outcomes if o.result == "failed"]
@@ -282,10 +294,16 @@ class Runner:
         states: dict[str, dict[str, str]] = {}
         delay = 0.1
         while pending:
-            for outcome in await rollback_once(pending, self._metrics):
+            for outcome in await rollback_once(pending, self._clock, self._metrics):
                 if outcome.result == "applied" and outcome.reading is not None:
                     states[outcome.router] = dict(outcome.reading.state)
                     del pending[outcome.router]
+                    await self._inbox.put(
+                        (
+                            RouterRolledBack(router=outcome.router, state=states[outcome.router]),
+                            None,
+                        )
+                    )
                 else:
                     self._log.warning(
                         "rollback not verified yet", router=outcome.router, error=outcome.error
@@ -314,7 +332,9 @@ class Runner:
                 continue
             for name, router in self._routers.items():
                 try:
-                    reading: Reading | None = await router.observe()
+                    reading: Reading | None = await within(
+                        self._clock, CALL_TIMEOUT, router.observe()
+                    )
                     error = ""
                 except AdapterError as exc:
                     reading, error = None, str(exc)

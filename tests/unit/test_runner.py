@@ -6,8 +6,8 @@ Each test builds a cutover with ``machine.new_cutover`` in a real :class:`Sqlite
 test is guarded by ``asyncio.timeout`` so a hang fails fast, and the ``Scenario`` fixture
 cancels and awaits every task it made.
 
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` show engine behaviour that contradicts
-PRODUCT.md or DESIGN.md.
+Several tests guard against engine bugs they found (behaviour against PRODUCT.md or DESIGN.md),
+since fixed.
 """
 
 from __future__ import annotations
@@ -385,8 +385,7 @@ async def test_transient_router_error_during_a_forward_shift_is_retried(
         edge = s.routers["edge"]
         edge.fail(TransientError, "router edge: connection refused", times=1)
         await s.until(lambda c: c.stage_index == 1)
-        # the engine's retry backoff sleeps in real time (see the xfail below): wait for it
-        await s.until_real(lambda c: c.phase is Phase.HOLDING)
+        await s.until(lambda c: c.phase is Phase.HOLDING)  # the retry backoff is on the clock
         assert edge.applied == [10, 50, 50]  # the failed attempt, then the retry
         assert s.routers["dns"].applied == [10, 50]
         assert edge.state == {"share": "w50"}
@@ -447,13 +446,6 @@ async def test_rollback_that_cannot_be_verified_fails_then_recovers(scenario: Ma
         assert kinds[-3:] == ["rollback_started", "failed", "rolled_back"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 'failed' event names every router as unverified (machine "
-    "_on_tick_rolling_back uses RouterStatus.written, which the runner only updates on "
-    "RollbackVerified for all routers at once); per-router rollback progress never reaches the "
-    "machine, so a router verified at 0 % is reported as failing",
-)
 async def test_failed_event_names_only_the_unverified_router(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
         s = await scenario()
@@ -466,12 +458,6 @@ async def test_failed_event_names_only_the_unverified_router(scenario: MakeScena
         assert failed.data["routers"] == ["edge"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: forward-shift retries (actuation._shift_one, tenacity AsyncRetrying) sleep "
-    "with asyncio.sleep and measure apply_timeout on time.monotonic, not on the injected "
-    "Clock (DESIGN.md point 7): with a fake clock apply_timeout never expires",
-)
 async def test_transient_errors_past_apply_timeout_roll_back_on_the_clock(
     scenario: MakeScenario,
 ) -> None:
@@ -485,13 +471,6 @@ async def test_transient_errors_past_apply_timeout_roll_back_on_the_clock(
         assert s.c.reason is not None and "router edge" in s.c.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: nothing bounds a router call that hangs during a forward shift (no timeout "
-    "around observe/apply in actuation._shift_one; stop_after_delay is only checked between "
-    "attempts): the cutover stays 'shifting' forever instead of rolling back after "
-    "apply_timeout",
-)
 async def test_hanging_router_during_a_shift_rolls_back_after_apply_timeout(
     scenario: MakeScenario,
 ) -> None:
@@ -567,13 +546,6 @@ async def test_abort_during_an_apply_in_flight_rolls_back_at_once(scenario: Make
         assert all(r.state == ALL_OLD for r in s.routers.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Runner.command() on a runner whose run() has returned puts the command on an "
-    "inbox nobody reads and awaits its future forever (the inbox is drained only once, in "
-    "run()'s finally); the Supervisor drops the runner only in a done-callback, so an API "
-    "request landing in between hangs instead of getting 409",
-)
 async def test_command_after_the_runner_ended_is_refused(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
         s = await scenario()
@@ -826,13 +798,6 @@ async def test_wall_clock_jump_neither_shortens_a_hold_nor_skips_checks(
 # --- the state store ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the save of a step fails (StoreError), Runner._commit keeps the new "
-    "cutover in memory but drops the step's actions (only a Rollback is still started); the "
-    "next successful save persists the state and events, yet nobody re-issues the Apply, so "
-    "a store hiccup at a stage change leaves the cutover 'shifting' forever (until a restart)",
-)
 async def test_store_write_failure_at_a_stage_change_does_not_stall_the_cutover(
     scenario: MakeScenario,
 ) -> None:

@@ -635,7 +635,6 @@ _ROLLING = (Status.ROLLING_BACK, Status.FAILED)
 
 TABLE: dict[tuple[Status, type], Handler] = {
     (Status.RUNNING, PreflightPassed): _on_preflight_passed,
-    (Status.RUNNING, ShiftApplied): _on_shift_applied,
     **{(s, ShiftApplied): _on_shift_applied for s in _ACTIVE},
     **{(s, ShiftFailed): _on_shift_failed for s in _ACTIVE},
     (Status.RUNNING, Tick): _on_tick_running,

@@ -224,6 +224,18 @@ class Cutover:
                 return r
         raise KeyError(name)
 
+    def only_clocks_differ(self, other: Cutover) -> bool:
+        """True when the two differ in nothing but elapsed time and ``updated_at``: such a
+        change need not be written at once (the hold's progress is persisted periodically)."""
+        clocks = {
+            "hold_elapsed": 0.0,
+            "stage_elapsed": 0.0,
+            "approval_elapsed": 0.0,
+            "rollback_elapsed": 0.0,
+            "updated_at": 0.0,
+        }
+        return replace(self, **clocks) == replace(other, **clocks)  # type: ignore[arg-type]
+
     def with_router(self, new: RouterStatus) -> Cutover:
         return replace(self, routers=tuple(new if r.name == new.name else r for r in self.routers))
 

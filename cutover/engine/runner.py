@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -200,12 +200,7 @@ class Runner:
         c = step.cutover
         events = [*self._unsaved_events, *step.events]
         actions = [*self._unsaved_actions, *step.actions]
-        only_time = (
-            not events
-            and not actions
-            and replace(c, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
-            == replace(before, hold_elapsed=0, approval_elapsed=0, rollback_elapsed=0, updated_at=0)
-        )
+        only_time = not events and not actions and c.only_clocks_differ(before)
         if c == before or (only_time and now_mono - self._last_persist < PERSIST_EVERY):
             self.cutover = c
             return
@@ -294,26 +289,21 @@ class Runner:
         states: dict[str, dict[str, str]] = {}
         delay = 0.1
         while pending:
-            for outcome in await rollback_once(pending, self._clock, self._metrics):
-                if outcome.result == "applied" and outcome.reading is not None:
-                    states[outcome.router] = dict(outcome.reading.state)
-                    del pending[outcome.router]
-                    await self._inbox.put(
-                        (
-                            RouterRolledBack(router=outcome.router, state=states[outcome.router]),
-                            None,
-                        )
-                    )
+            progress: list[RouterRolledBack] = []
+            for o in await rollback_once(pending, self._clock, self._metrics):
+                if o.result == "applied" and o.reading is not None:
+                    states[o.router] = dict(o.reading.state)
+                    del pending[o.router]
+                    progress.append(RouterRolledBack(router=o.router, state=states[o.router]))
                 else:
-                    self._log.warning(
-                        "rollback not verified yet", router=outcome.router, error=outcome.error
-                    )
-                    await self._inbox.put(
-                        (Observed(router=outcome.router, error=outcome.error), None)
-                    )
-            if pending:
-                await self._clock.sleep(delay)
-                delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
+                    self._log.warning("rollback not verified yet", router=o.router, error=o.error)
+                    await self._inbox.put((Observed(router=o.router, error=o.error), None))
+            if not pending:
+                break  # one RollbackVerified below carries every router: one write, not N+1
+            for done in progress:  # partial progress: status shows which routers are done
+                await self._inbox.put((done, None))
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
         await self._inbox.put((RollbackVerified(states=states), None))
 
     # --- background feeders -----------------------------------------------------------------

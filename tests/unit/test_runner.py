@@ -27,7 +27,7 @@ import structlog
 from cutover.core import machine
 from cutover.core.machine import Command
 from cutover.core.model import CheckPolicy, Cutover, Event, Phase, Plan, Stage, Status, Verdict
-from cutover.engine.runner import Runner
+from cutover.engine.runner import PERSIST_EVERY, Runner
 from cutover.errors import ConflictError, PermanentError, StoreError, TransientError
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
@@ -813,3 +813,19 @@ async def test_store_write_failure_at_a_stage_change_does_not_stall_the_cutover(
         assert [e.data["stage"] for e in events if e.kind == "stage_started"] == [0, 1]
         await s.until(lambda c: c.phase is Phase.HOLDING, within=10)
         assert all(r.state == {"share": "w50"} for r in s.routers.values())
+
+
+async def test_a_quiet_hold_is_persisted_periodically_not_at_every_tick(
+    scenario: MakeScenario,
+) -> None:
+    """Only the clocks move during a hold without checks: the runner writes the hold's
+    progress every PERSIST_EVERY seconds, not at each 0.25 s tick."""
+    long_hold = (Stage(weight=10, hold=30.0), Stage(weight=100, hold=1.0))
+    async with asyncio.timeout(GUARD):
+        s = await scenario(make_plan(stages=long_hold, checks=()), checks=())
+        await s.holding(0)
+        before = s.c.revision
+        await s.clock.advance(20.0, step=STEP, settle=s.settle)
+        assert s.c.stage_index == 0 and s.c.hold_elapsed >= 19.0
+        writes = s.c.revision - before
+        assert 1 <= writes <= 20.0 / PERSIST_EVERY + 2, writes  # + the first read-back

@@ -23,7 +23,9 @@ import aiohttp
 
 from cutover import __version__
 from cutover.config import Config, load_config
+from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
+from cutover.specs import parse_duration
 
 __all__ = ["main"]
 
@@ -45,8 +47,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _duration(text: str) -> float:
-    from cutover.specs import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -220,8 +220,6 @@ async def _live_color(service: str, config: Config) -> tuple[str, str]:
 
 
 async def cmd_plan(args: argparse.Namespace) -> int:
-    from cutover.core.model import other_color
-
     config = load_config(args.config)
     spec = config.service(args.service)
     if args.from_color:
@@ -355,6 +353,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    # the server side is imported only here: client commands start faster without it
     from cutover.daemon import run_daemon
     from cutover.observability.logging import configure_logging
 

@@ -521,8 +521,7 @@ def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
                 )
 
     for i, check in enumerate(service.checks):
-        extra: tuple[str, ...] = getattr(check, "extra_placeholders", ())
-        values = {k: k for k in (*CHECK_PLACEHOLDERS, *extra)}
+        values = {k: k for k in (*CHECK_PLACEHOLDERS, *check.extra_placeholders)}
         for field, template in check.template_fields().items():
             try:
                 render(template, values)

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
-    "PLACEHOLDERS",
     "Duration",
     "Spec",
     "parse_duration",
@@ -46,7 +45,6 @@ def parse_duration(value: Any) -> float:
 #: Seconds, written in the config as ``90s``, ``5m``, ``1h``, ``250ms`` or a number.
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
-PLACEHOLDERS = ("new", "old", "service", "color")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
 

@@ -295,11 +295,6 @@ class HAProxy:
         self.master_socket = str(workdir / "master.sock")
 
     @property
-    def frontend_port(self) -> int:
-        """The frontend of the first backend."""
-        return next(iter(self.frontend_ports.values()))
-
-    @property
     def runtime_unix(self) -> str:
         return f"unix:{self.admin_socket}"
 

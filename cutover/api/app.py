@@ -88,7 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(
         body=request.app[METRICS].render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -175,7 +175,7 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app[METRICS] = metrics
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/services", list_services)
     app.router.add_get("/v1/services/{service}", get_service)
@@ -185,6 +185,3 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app.router.add_get("/v1/cutovers/{id}", get_cutover)
     app.router.add_post("/v1/cutovers/{id}/{action}", cutover_action)
     return app
-
-
-metrics_handler = metrics

@@ -6,7 +6,7 @@ measurement, an unreachable metrics provider an ``error`` one (PRODUCT.md, Check
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field
 
@@ -33,6 +33,9 @@ class Check(Protocol):
 
 class CheckSpecBase(Spec):
     """Fields every check has; the defaults are PRODUCT.md's table."""
+
+    #: Placeholders a kind fills beyond new/old/service (a compare check: ``color``).
+    extra_placeholders: ClassVar[tuple[str, ...]] = ()
 
     type: str
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -56,10 +56,10 @@ async def preflight(
         *(_check(n, c, n in dry_run) for n, c in checks.items()),
         return_exceptions=True,
     )
-    problems = [str(r) for r in results if isinstance(r, BaseException)]
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, PreflightError):
-            raise r
+            raise r  # a bug, not a refusal
+    problems = [str(r) for r in results if isinstance(r, PreflightError)]
     if problems:
         raise PreflightError("preflight refused the start: " + "; ".join(problems))
     return {name: state for name, state in (r for r in results if isinstance(r, tuple))}

@@ -20,7 +20,7 @@ import structlog
 from cutover.checks.base import Check, color_placeholders
 from cutover.config import Config, ServiceSpec
 from cutover.core import machine
-from cutover.core.model import Color, Cutover, Event, Plan, Stage, other_color
+from cutover.core.model import Color, Cutover, Event, Plan, Stage, Status, other_color
 from cutover.engine.clock import Clock
 from cutover.engine.preflight import preflight
 from cutover.engine.runner import Runner
@@ -110,7 +110,12 @@ class Supervisor:
     async def start_cutover(self, service: str, *, actor: str) -> Cutover:
         spec = self.config.service(service)
         async with self._lock(service):
-            await self._refuse_if_busy(service)
+            active = await self._active(service)
+            if active is not None:
+                raise ConflictError(
+                    f"service {service} already has cutover {active.id} ({active.status.value})",
+                    code="cutover_running",
+                )
             live = self.live(service)
             return await self._launch(
                 service, spec, spec.plan(), from_color=live, kind="cutover", actor=actor
@@ -123,7 +128,7 @@ class Supervisor:
             last = await self._store.last_completed(service)
             refusal = machine.undo_refusal(
                 last_completed=last,
-                busy=await self._busy(service),
+                busy=await self._active(service) is not None,
                 now=self._clock.time(),
                 undo_window=spec.undo_window,
             )
@@ -151,16 +156,9 @@ class Supervisor:
     def _lock(self, service: str) -> asyncio.Lock:
         return self._locks.setdefault(service, asyncio.Lock())
 
-    async def _busy(self, service: str) -> bool:
-        return any(c.service == service for c in await self._store.active())
-
-    async def _refuse_if_busy(self, service: str) -> None:
-        for c in await self._store.active():
-            if c.service == service:
-                raise ConflictError(
-                    f"service {service} already has cutover {c.id} ({c.status.value})",
-                    code="cutover_running",
-                )
+    async def _active(self, service: str) -> Cutover | None:
+        """The service's cutover that still owns it (not completed or rolled back)."""
+        return next((c for c in await self._store.active() if c.service == service), None)
 
     async def _launch(
         self,
@@ -248,7 +246,7 @@ class Supervisor:
             self._log.error("runner crashed", cutover=cutover_id, error=repr(exc), alarm=True)
             return
         c = task.result()
-        if entry is not None and c.status.value == "completed":
+        if entry is not None and c.status is Status.COMPLETED:
             self._live[c.service] = c.to_color
             if self._metrics is not None:
                 self._metrics.set_live(c.service, c.to_color)

@@ -116,6 +116,13 @@ class E2E:
         assert status == 201, body
         return body  # type: ignore[no-any-return]
 
+    async def holding_at(self, stages: list[dict[str, Any]], stage: int) -> dict[str, Any]:
+        """Given a daemon with ``stages``, when a cutover starts, then it holds at ``stage``."""
+        self.write_config(stages=stages)
+        await self.start_daemon()
+        c = await self.start()
+        return await self.wait_for(c["id"], state="running", stage=stage, phase="holding")
+
     async def cutover(self, cutover_id: str) -> dict[str, Any]:
         status, body = await self.api("GET", f"/v1/cutovers/{cutover_id}")
         assert status == 200, body

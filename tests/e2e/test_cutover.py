@@ -88,10 +88,7 @@ async def test_sigkill_mid_hold_resumes_to_completion_without_losing_events(e2e:
         {"weight": 50, "hold": "3s"},
         {"weight": 100, "hold": "1s"},
     ]
-    e2e.write_config(stages=stages)
-    await e2e.start_daemon()
-    c = await e2e.start()
-    await e2e.wait_for(c["id"], state="running", stage=1, phase="holding")
+    c = await e2e.holding_at(stages, stage=1)
     await asyncio.sleep(1.0)
     await e2e.kill_daemon()
     assert abs(await e2e.green_share(1000) - 50) <= 3  # traffic stays where it was
@@ -116,10 +113,7 @@ async def test_manual_rollback_while_daemon_is_down_is_not_undone(e2e: E2E) -> N
         {"weight": 50, "hold": "30s"},
         {"weight": 100, "hold": "1s"},
     ]
-    e2e.write_config(stages=stages)
-    await e2e.start_daemon()
-    c = await e2e.start()
-    await e2e.wait_for(c["id"], state="running", stage=1, phase="holding")
+    c = await e2e.holding_at(stages, stage=1)
     await e2e.kill_daemon()
 
     # an operator moves everything back to blue by hand while the daemon is down

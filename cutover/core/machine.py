@@ -26,6 +26,7 @@ from cutover.core.model import (
     Phase,
     Plan,
     RouterStatus,
+    Stage,
     Status,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "allowed_commands",
     "new_cutover",
     "step",
+    "undo_plan",
     "undo_refusal",
 ]
 
@@ -660,6 +662,11 @@ def step(c: Cutover, event: Input, now: float) -> Step:
     if result.cutover != c:
         result = replace(result, cutover=replace(result.cutover, updated_at=now))
     return result
+
+
+def undo_plan(completed: Plan) -> Plan:
+    """Undo is a rollback in the other direction: all traffic at once, no checks to wait for."""
+    return replace(completed, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause")
 
 
 def undo_refusal(

@@ -20,7 +20,7 @@ import structlog
 from cutover.checks.base import Check, color_placeholders
 from cutover.config import Config, ServiceSpec
 from cutover.core import machine
-from cutover.core.model import Color, Cutover, Event, Plan, Stage, Status, other_color
+from cutover.core.model import Color, Cutover, Event, Plan, Status, other_color
 from cutover.engine.clock import Clock
 from cutover.engine.preflight import preflight
 from cutover.engine.runner import Runner
@@ -134,11 +134,13 @@ class Supervisor:
             )
             if refusal is not None or last is None:
                 raise ConflictError(f"cannot undo {service}: {refusal}", code="undo_refused")
-            plan = replace(
-                last.plan, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause"
-            )
             return await self._launch(
-                service, spec, plan, from_color=last.to_color, kind="undo", actor=actor
+                service,
+                spec,
+                machine.undo_plan(last.plan),
+                from_color=last.to_color,
+                kind="undo",
+                actor=actor,
             )
 
     async def command(self, cutover_id: str, command: machine.Command) -> Cutover:

@@ -1298,6 +1298,16 @@ def test_undo_refused_without_finish_time() -> None:
     assert why == "no completed cutover to undo"
 
 
+def test_undo_plan_moves_everything_at_once_without_checks() -> None:
+    plan = make_plan(on_drift="reassert")
+    undo = machine.undo_plan(plan)
+    assert undo.stages == (Stage(weight=100, hold=0.0),)
+    assert undo.checks == ()
+    assert undo.on_drift == "pause"
+    assert undo.routers == plan.routers
+    assert undo.rollback_timeout == plan.rollback_timeout
+
+
 def test_undo_cutover_event_says_undo() -> None:
     s = machine.new_cutover(
         cutover_id="u-1",

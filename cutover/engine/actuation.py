@@ -63,8 +63,10 @@ async def _observe(router: Router, metrics: Metrics | None) -> Reading:
 
 
 async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> T:
-    """``coro`` bounded by ``seconds`` on ``clock`` (so a fake clock bounds it in tests too);
-    raises :class:`TransientError` when the time runs out."""
+    """One router call, bounded by ``seconds`` on ``clock`` (so a fake clock bounds it in
+    tests too). Running out of time raises :class:`TransientError`; so does any exception an
+    adapter should have translated but did not: a misbehaving router is a failing router, and
+    a rollback keeps retrying it instead of dying with it."""
     work = asyncio.ensure_future(coro)
     timer = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
     try:
@@ -77,6 +79,9 @@ async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await work
         raise TransientError(f"no answer within {seconds:g}s")
+    exc = work.exception()
+    if exc is not None and not isinstance(exc, AdapterError):
+        raise TransientError(f"router call failed unexpectedly: {exc!r}") from exc
     return work.result()
 
 

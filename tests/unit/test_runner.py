@@ -829,3 +829,25 @@ async def test_a_quiet_hold_is_persisted_periodically_not_at_every_tick(
         assert s.c.stage_index == 0 and s.c.hold_elapsed >= 19.0
         writes = s.c.revision - before
         assert 1 <= writes <= 20.0 / PERSIST_EVERY + 2, writes  # + the first read-back
+
+
+async def test_a_router_raising_an_untranslated_exception_does_not_stop_the_rollback(
+    scenario: MakeScenario,
+) -> None:
+    """An adapter bug (an exception that is not ours) counts as a failing call: read-backs
+    show it as the router's error and the rollback keeps retrying until the router reads
+    all-old."""
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        edge = s.routers["edge"]
+        bug: Any = RuntimeError  # what an adapter that forgot to translate would raise
+        edge.fail(bug, "adapter bug", times=None, ops=("observe",))
+        await s.run_for(6)  # a periodic read-back hits the bug
+        assert s.c.status is RUNNING
+        assert "adapter bug" in s.c.router("edge").error
+        await s.command("abort", actor="alice")
+        await s.until(lambda c: c.status is FAILED, within=10)
+        edge.clear()
+        await s.until(lambda c: c.status is ROLLED_BACK, within=6)
+        assert edge.state == ALL_OLD

@@ -168,7 +168,7 @@ class FakeClock:
 
 # --- router --------------------------------------------------------------------------------
 
-RouterOp = Literal["preflight", "apply", "observe"]
+RouterOp = Literal["preflight", "lower_ttl", "apply", "observe"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +206,8 @@ class FakeRouter:
         self._name = name
         self._kind = kind
         self.state: dict[str, str] = {"share": f"w{share}"}
+        #: ``lower_ttl`` returns this (a fake DNS router whose published TTL was too long).
+        self.old_ttl = 0.0
         self.calls: list[RouterCall] = []
         self.closed = 0
         self.hanging = 0  # calls currently suspended by :meth:`hang`
@@ -230,6 +232,11 @@ class FakeRouter:
 
     async def preflight(self) -> None:
         await self._enter(RouterCall(op="preflight"))
+
+    async def lower_ttl(self) -> float:
+        await self._enter(RouterCall(op="lower_ttl"))
+        old, self.old_ttl = self.old_ttl, 0.0
+        return old
 
     async def apply(self, share: int, *, evacuate: bool = False) -> None:
         await self._enter(RouterCall(op="apply", share=share, evacuate=evacuate))

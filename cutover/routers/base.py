@@ -60,6 +60,13 @@ class Router(Protocol):
         """Raise if this router cannot be driven at all (unreachable, unsupported setup)."""
         ...
 
+    async def lower_ttl(self) -> float:
+        """Before stage 1 (PRODUCT.md, DNS): if the published TTL is longer than the configured
+        one, republish the same records with the configured TTL and return the old TTL, the
+        seconds resolvers may still cache the old answer; else return 0. Load balancers have
+        no TTL and return 0."""
+        ...
+
     async def apply(self, share: int, *, evacuate: bool = False) -> None:
         """Set the new color's share, in as few round trips as the server allows.
 

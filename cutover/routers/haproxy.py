@@ -512,6 +512,9 @@ class HAProxyRouter:
             detail=self._detail(servers),
         )
 
+    async def lower_ttl(self) -> float:
+        return 0.0  # a load balancer's change takes effect at once
+
     async def aclose(self) -> None:
         """Nothing to release: every command uses its own connection."""
 

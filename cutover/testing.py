@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from cutover.checks.base import Check
+from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Measurement, Verdict
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, TransientError
@@ -359,6 +359,7 @@ class FakeCheck:
         self._script: deque[Measurement] = deque()
         self.script(*script)
         self.measured = 0
+        self.contexts: list[MeasureContext] = []  # what each measure() was told
         self.closed = 0
 
     @property
@@ -375,8 +376,9 @@ class FakeCheck:
             m = item if isinstance(item, Measurement) else Measurement(verdict=item)
             self._script.append(m)
 
-    async def measure(self) -> Measurement:
+    async def measure(self, ctx: MeasureContext) -> Measurement:
         self.measured += 1
+        self.contexts.append(ctx)
         at = self._clock.time() if self._clock is not None else 0.0
         if self._script:
             m = self._script.popleft()

@@ -6,6 +6,7 @@ measurement, an unreachable metrics provider an ``error`` one (PRODUCT.md, Check
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field
@@ -13,7 +14,7 @@ from pydantic import Field
 from cutover.core.model import CheckPolicy, Color, Measurement
 from cutover.specs import Duration, Spec
 
-__all__ = ["Check", "CheckSpecBase", "Placeholders"]
+__all__ = ["Check", "CheckSpecBase", "MeasureContext", "Placeholders"]
 
 #: Values for ``{{new}}``, ``{{old}}``, ``{{service}}`` when a check is built.
 Placeholders = dict[str, str]
@@ -22,11 +23,23 @@ DEFAULT_INTERVAL = 10.0
 MAX_DEFAULT_TIMEOUT = 5.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class MeasureContext:
+    """What the cutover knows when it asks for a measurement.
+
+    ``share`` is the new color's share the current stage asks for (0 at preflight);
+    ``baseline`` the newest old-color value this check recorded, which a compare check uses
+    once the old color has no traffic left to measure (share 100)."""
+
+    share: int = 0
+    baseline: float | None = None
+
+
 class Check(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def measure(self) -> Measurement: ...
+    async def measure(self, ctx: MeasureContext) -> Measurement: ...
 
     async def aclose(self) -> None: ...
 

@@ -20,7 +20,7 @@ import aiohttp
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from yarl import URL
 
-from cutover.checks.base import CheckSpecBase, Placeholders
+from cutover.checks.base import CheckSpecBase, MeasureContext, Placeholders
 from cutover.core.model import Measurement, Verdict
 from cutover.specs import render
 
@@ -157,7 +157,7 @@ class HttpCheck:
             self._session = aiohttp.ClientSession(headers=self.headers)
         return self._session
 
-    async def measure(self) -> Measurement:
+    async def measure(self, ctx: MeasureContext) -> Measurement:
         shown = _shown(self.url)
         started = time.monotonic()
         try:

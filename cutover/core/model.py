@@ -120,6 +120,10 @@ class Measurement:
     detail: str = ""
     at: float = 0.0  # wall-clock seconds since the epoch, for people
     counting: bool = True
+    # A compare check's value of the old color, judged against; kept in the record so that at
+    # share 100 (old has no traffic) the check still has the preceding stage's value, even
+    # after a restart (PRODUCT.md, Compare checks).
+    baseline: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +139,11 @@ class CheckState:
     @property
     def failures_in_window(self) -> int:
         return sum(1 for v in self.window if v is Verdict.FAIL)
+
+    @property
+    def baseline(self) -> float | None:
+        """The newest old-color value a compare check measured (or carried forward)."""
+        return next((m.baseline for m in reversed(self.history) if m.baseline is not None), None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from cutover.checks.base import Check
+from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Color, Verdict
 from cutover.errors import AdapterError, PreflightError
 from cutover.routers.base import Router, RouterState
@@ -36,7 +36,7 @@ async def _router(name: str, router: Router, new: Color, exact: bool) -> tuple[s
 
 
 async def _check(name: str, check: Check, dry_run: bool) -> None:
-    m = await check.measure()
+    m = await check.measure(MeasureContext(share=0))
     if not dry_run and m.verdict in (Verdict.FAIL, Verdict.ERROR):
         value = "" if m.value is None else f", value {m.value:g}"
         raise PreflightError(f"check {name}: {m.verdict.value}{value} ({m.detail})")

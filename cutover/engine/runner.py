@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from cutover.checks.base import Check
+from cutover.checks.base import Check, MeasureContext
 from cutover.core import machine
 from cutover.core.machine import (
     Action,
@@ -334,7 +334,10 @@ class Runner:
         interval = self.cutover.policy(name).interval
         while True:
             try:
-                m = await check.measure()
+                ctx = MeasureContext(
+                    share=self.cutover.share, baseline=self.cutover.check(name).baseline
+                )
+                m = await check.measure(ctx)
             except Exception as exc:  # a check must not raise; if one does, it is an error
                 m = Measurement(
                     verdict=Verdict.ERROR, detail=f"check crashed: {exc!r}", at=self._clock.time()

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from cutover.checks.base import MeasureContext
 from cutover.checks.http import HttpCheck, HttpCheckSpec
 from cutover.core.model import Verdict
 
@@ -62,7 +63,7 @@ def _spec(**fields: Any) -> HttpCheckSpec:
 async def _measure(spec: HttpCheckSpec) -> Any:
     check = spec.build(placeholders=PLACEHOLDERS)
     try:
-        return await check.measure()
+        return await check.measure(MeasureContext())
     finally:
         await check.aclose()
 
@@ -143,7 +144,7 @@ async def test_session_is_reused_and_closed(base_url: str) -> None:
     check = _spec(url=f"{base_url}/healthz").build(placeholders=PLACEHOLDERS)
     assert isinstance(check, HttpCheck)
     for _ in range(3):
-        assert (await check.measure()).verdict is Verdict.PASS
+        assert (await check.measure(MeasureContext())).verdict is Verdict.PASS
     session = check._session
     assert session is not None
     await check.aclose()

@@ -24,9 +24,20 @@ from typing import Any, Literal, Protocol
 import pytest
 import structlog
 
+from cutover.checks.base import MeasureContext
 from cutover.core import machine
 from cutover.core.machine import Command
-from cutover.core.model import CheckPolicy, Cutover, Event, Phase, Plan, Stage, Status, Verdict
+from cutover.core.model import (
+    CheckPolicy,
+    Cutover,
+    Event,
+    Measurement,
+    Phase,
+    Plan,
+    Stage,
+    Status,
+    Verdict,
+)
 from cutover.engine.runner import PERSIST_EVERY, Runner
 from cutover.errors import ConflictError, PermanentError, StoreError, TransientError
 from cutover.store.sqlite import SqliteStore
@@ -851,3 +862,28 @@ async def test_a_router_raising_an_untranslated_exception_does_not_stop_the_roll
         edge.clear()
         await s.until(lambda c: c.status is ROLLED_BACK, within=6)
         assert edge.state == ALL_OLD
+
+
+async def test_checks_are_told_the_share_and_the_baseline_survives_a_restart(
+    scenario: MakeScenario,
+) -> None:
+    # a compare check at share 100 judges against the old color's value of the preceding
+    # stage: the runner hands it the newest baseline from the record, also after a restart
+    async with asyncio.timeout(GUARD):
+        s = await scenario(start=False)
+        s.checks["health"].script(Measurement(verdict=Verdict.PASS, value=1.0, baseline=0.02))
+        await s.start()
+        await s.holding(1)
+        await s.run_for(1.5)
+        seen = s.checks["health"].contexts
+        assert seen[0] == MeasureContext(share=10, baseline=None)
+        assert seen[-1] == MeasureContext(share=50, baseline=0.02)
+        await s.stop()
+        fresh = FakeCheck("health", clock=s.clock)
+        s.checks["health"] = fresh
+        await s.start(restarted=True)
+        await s.run_for(0.5)
+        assert fresh.contexts[0] == MeasureContext(share=50, baseline=0.02)
+        await s.holding(2)
+        await s.run_for(1.5)
+        assert fresh.contexts[-1].share == 100

@@ -172,10 +172,18 @@ def render_cutover(c: dict[str, Any]) -> str:
         )
         + f"   hold {c.get('hold_elapsed', 0):.0f}/{stages[idx]['hold']:g}s",
     ]
+    if c.get("ttl_wait_left"):
+        lines.append(
+            f"  waiting out the old DNS TTL before stage 1: {c['ttl_wait_left']:.0f}s of "
+            f"{c['ttl_wait']:g}s left"
+        )
     for r in c["routers"]:
         extra = " DRIFT" if r.get("drift") else ""
         extra += f" error: {r['error']}" if r.get("error") else ""
         detail = f" ({r['detail']})" if r.get("detail") else ""
+        if r.get("clients_from"):
+            moved = time.strftime("%H:%M:%S", time.localtime(r["clients_from"]))
+            detail += f" DNS clients from {moved} at the earliest (TTL {r['ttl']:g}s)"
         lines.append(
             f"  router {r['name']} [{r['type']}]: desired {r['desired']}% observed "
             f"{_pct(r['observed'])}{detail}{extra}"
@@ -246,6 +254,13 @@ async def cmd_plan(args: argparse.Namespace) -> int:
         for name, router in readable.items():
             state = ", ".join(f"{k}={v}" for k, v in router.expected(stage.weight).items())
             print(f"  {name}: {state}")
+    for r in spec.routers:
+        if r.ttl is not None:
+            print(
+                f"DNS router {r.name}: each change reaches clients {r.ttl}s (its TTL) after it is "
+                "written at the earliest, a rollback included; a longer published TTL is first "
+                "lowered and waited out before stage 1"
+            )
     print("on rollback, every router at once to 0%:")
     for name, router in readable.items():
         state = ", ".join(f"{k}={v}" for k, v in router.expected(0, evacuate=True).items())

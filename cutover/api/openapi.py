@@ -84,6 +84,12 @@ _SCHEMAS: dict[str, Any] = {
             "detail": {"type": "string"},
             "drift": {"type": "boolean"},
             "error": {"type": "string"},
+            "ttl": {"type": "number", "description": "DNS TTL in seconds; 0 for load balancers"},
+            "clients_from": {
+                "type": ["number", "null"],
+                "description": "DNS: the earliest wall time every client can follow our last "
+                "verified write (written at + TTL); null for load balancers",
+            },
         },
     },
     "Check": {
@@ -136,6 +142,11 @@ _SCHEMAS: dict[str, Any] = {
             "stage": {"type": "integer"},
             "stages": {"type": "array", "items": {"type": "object"}},
             "hold_elapsed": {"type": "number"},
+            "ttl_wait": {
+                "type": "number",
+                "description": "seconds of a lowered DNS TTL waited out before stage 1 (0: none)",
+            },
+            "ttl_wait_left": {"type": "number"},
             "routers": {"type": "array", "items": _ref("Router")},
             "checks": {"type": "array", "items": _ref("Check")},
             "reason": {"type": ["string", "null"]},

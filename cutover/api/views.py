@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from cutover.core.model import Cutover, Event
+from cutover.core.model import Cutover, Event, Phase
 
 __all__ = ["cutover_json", "event_json"]
 
 
 def event_json(e: Event) -> dict[str, Any]:
     return {"seq": e.seq, "kind": e.kind, "at": e.at, "message": e.message, "data": e.data}
+
+
+def _ttl_wait_left(c: Cutover) -> float:
+    if c.phase is not Phase.PREFLIGHT:
+        return 0.0
+    return max(0.0, c.ttl_wait - c.stage_elapsed)
 
 
 def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any]:
@@ -34,6 +40,8 @@ def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any
             for s in c.plan.stages
         ],
         "hold_elapsed": round(c.hold_elapsed, 3),
+        "ttl_wait": c.ttl_wait,
+        "ttl_wait_left": round(_ttl_wait_left(c), 3),
         "routers": [
             {
                 "name": r.name,
@@ -43,6 +51,10 @@ def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any
                 "detail": r.detail,
                 "drift": r.drift,
                 "error": r.error,
+                "ttl": r.ttl,
+                "clients_from": (
+                    r.written_at + r.ttl if r.ttl > 0 and r.written_at is not None else None
+                ),
             }
             for r in c.routers
         ],

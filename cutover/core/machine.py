@@ -48,6 +48,7 @@ __all__ = [
     "Step",
     "Tick",
     "allowed_commands",
+    "clients_from",
     "new_cutover",
     "step",
     "undo_plan",
@@ -201,8 +202,14 @@ def new_cutover(
     now: float,
     kind: Literal["cutover", "undo"] = "cutover",
     actor: str = "operator",
+    router_ttls: dict[str, float] | None = None,
+    ttl_wait: float = 0.0,
 ) -> Step:
-    """A cutover that passed preflight; ``router_states`` is what each router held then."""
+    """A cutover that passed preflight; ``router_states`` is what each router held then.
+
+    ``router_ttls`` are the DNS routers' configured TTLs; ``ttl_wait`` the longest published
+    TTL that preflight lowered, to be waited out before stage 1."""
+    ttls = router_ttls or {}
     c = Cutover(
         id=cutover_id,
         service=service,
@@ -218,25 +225,55 @@ def new_cutover(
                 written=0,
                 observed=0.0,
                 written_state=router_states[name],
+                ttl=ttls.get(name, 0.0),
             )
             for name in plan.routers
         ),
         created_at=now,
         updated_at=now,
         kind=kind,
+        ttl_wait=ttl_wait,
     )
     verb = "undo" if kind == "undo" else "cutover"
-    return Step(
-        cutover=c,
-        events=(
+    events = [
+        _event(
+            now,
+            "started",
+            f"{verb} of {service} from {from_color} to {to_color} started by {actor}",
+            actor=actor,
+            stages=[s.weight for s in plan.stages],
+        )
+    ]
+    if ttl_wait > 0:
+        events.append(
             _event(
                 now,
-                "started",
-                f"{verb} of {service} from {from_color} to {to_color} started by {actor}",
-                actor=actor,
-                stages=[s.weight for s in plan.stages],
-            ),
-        ),
+                "ttl_lowered",
+                f"DNS records republished with their configured TTL; waiting out the old TTL "
+                f"{ttl_wait:g}s before stage 1, so every resolver has the short TTL",
+                wait=ttl_wait,
+                until=now + ttl_wait,
+            )
+        )
+    return Step(cutover=c, events=tuple(events))
+
+
+def clients_from(c: Cutover, now: float) -> float | None:
+    """The earliest wall time every client can follow a change made ``now``: ``now`` plus
+    the longest DNS TTL (``None`` when the service has no DNS router)."""
+    longest = max((r.ttl for r in c.routers), default=0.0)
+    return now + longest if longest > 0 else None
+
+
+def _dns_note(c: Cutover, now: float) -> tuple[str, dict[str, Any]]:
+    """A message suffix and event data saying when DNS clients can have moved, at the earliest."""
+    at = clients_from(c, now)
+    if at is None:
+        return "", {}
+    longest = max(r.ttl for r in c.routers)
+    return (
+        f"; DNS clients can have moved {longest:g}s from now at the earliest (TTL)",
+        {"clients_from": at},
     )
 
 
@@ -336,8 +373,8 @@ Handler = Callable[[Cutover, Any, float], Step]
 
 
 def _on_preflight_passed(c: Cutover, _: PreflightPassed, now: float) -> Step:
-    if c.phase is not Phase.PREFLIGHT:
-        return Step(cutover=c)
+    if c.phase is not Phase.PREFLIGHT or c.stage_elapsed < c.ttl_wait:
+        return Step(cutover=c)  # still waiting out a DNS TTL (Tick moves on)
     return _enter_stage(c, 0, now)
 
 
@@ -352,21 +389,24 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
             observed=float(e.share),
             drift=False,
             error="",
+            written_at=now,
         )
         for r in c.routers
     )
     # every check needs a pass measured at the new share (PRODUCT.md, Stages)
     checks = tuple(replace(s, latest=None) for s in c.checks)
     c = replace(c, phase=Phase.HOLDING, routers=routers, checks=checks)
+    note, data = _dns_note(c, now)
     step = Step(
         cutover=c,
         events=(
             _event(
                 now,
                 "stage_applied",
-                f"every router verified at {e.share}% {c.to_color}",
+                f"every router verified at {e.share}% {c.to_color}{note}",
                 stage=c.stage_index,
                 share=e.share,
+                **data,
             ),
         ),
     )
@@ -390,6 +430,7 @@ def _on_router_rolled_back(c: Cutover, e: RouterRolledBack, now: float) -> Step:
         verified=True,
         drift=False,
         error="",
+        written_at=now,
     )
     return Step(cutover=c.with_router(r))
 
@@ -413,30 +454,36 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
             verified=True,
             drift=False,
             error="",
+            written_at=r.written_at if r.verified and r.written == 0 else now,
         )
         for r in c.routers
     )
     c = replace(c, status=Status.ROLLED_BACK, finished_at=now, routers=routers)
+    note, data = _dns_note(c, now)
     return Step(
         cutover=c,
         events=(
             _event(
                 now,
                 "rolled_back",
-                f"rolled back: every router reads 100% {c.from_color} ({c.reason})",
+                f"rolled back: every router reads 100% {c.from_color} ({c.reason}){note}",
                 reason=c.reason,
+                **data,
             ),
         ),
     )
 
 
 def _stage_time(c: Cutover, dt: float) -> Cutover:
-    if c.phase is not Phase.HOLDING:
+    # resolvers' caches expire while we pause too: a TTL wait counts paused time
+    if c.phase not in (Phase.HOLDING, Phase.PREFLIGHT):
         return c
     return replace(c, stage_elapsed=c.stage_elapsed + dt)
 
 
 def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
+    if c.phase is Phase.PREFLIGHT:  # waiting out a DNS TTL, or resumed before stage 1
+        return _on_preflight_passed(_stage_time(c, e.dt), PreflightPassed(), now)
     if c.phase is not Phase.HOLDING:
         return Step(cutover=c)
     c = _stage_time(c, e.dt)

@@ -158,6 +158,10 @@ class RouterStatus:
     observed: float | None = None  # effective share last read
     detail: str = ""
     drift: bool = False
+    # A DNS router's TTL and the wall time of our last verified write: resolvers may serve
+    # the previous answer until written_at + ttl (PRODUCT.md, DNS: "earliest", not "when").
+    ttl: float = 0.0
+    written_at: float | None = None
     error: str = ""
     verified: bool = True  # False from a rollback's start until this router reads all-old
 
@@ -190,6 +194,10 @@ class Cutover:
     approval_elapsed: float = 0.0
     rollback_elapsed: float = 0.0
     paused_from: Status | None = None
+    # Before stage 1: a DNS router's published TTL was longer than configured, so it was
+    # republished with the configured TTL and the old one is waited out (monitored time,
+    # counted in stage_elapsed while the phase is still preflight).
+    ttl_wait: float = 0.0
     checks: tuple[CheckState, ...] = ()
     routers: tuple[RouterStatus, ...] = ()
     reason: str | None = None
@@ -279,6 +287,7 @@ class Cutover:
             approval_elapsed=d["approval_elapsed"],
             rollback_elapsed=d["rollback_elapsed"],
             paused_from=Status(d["paused_from"]) if d["paused_from"] else None,
+            ttl_wait=d.get("ttl_wait", 0.0),
             checks=tuple(_check_state(c) for c in d["checks"]),
             routers=tuple(RouterStatus(**r) for r in d["routers"]),
             reason=d["reason"],

@@ -9,14 +9,17 @@ dry-run check is shown, never refuses). Any problem refuses the start and change
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
 from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Color, Verdict
 from cutover.errors import AdapterError, PreflightError
 from cutover.routers.base import Router, RouterState
 
-__all__ = ["preflight"]
+__all__ = ["lower_ttls", "preflight"]
+
+T = TypeVar("T")
 
 
 async def _router(name: str, router: Router, new: Color, exact: bool) -> tuple[str, RouterState]:
@@ -51,15 +54,38 @@ async def preflight(
     exact: bool = True,
 ) -> dict[str, RouterState]:
     """Return what each router holds now; raise PreflightError naming every problem."""
-    results = await asyncio.gather(
+    results = await _all_or_refuse(
         *(_router(n, r, new, exact) for n, r in routers.items()),
         *(_check(n, c, n in dry_run) for n, c in checks.items()),
-        return_exceptions=True,
     )
+    return {name: state for name, state in (r for r in results if isinstance(r, tuple))}
+
+
+async def _all_or_refuse(*steps: Awaitable[T]) -> list[T]:
+    """Run every step concurrently; one PreflightError listing every refusal, if any."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, PreflightError):
             raise r  # a bug, not a refusal
     problems = [str(r) for r in results if isinstance(r, PreflightError)]
     if problems:
         raise PreflightError("preflight refused the start: " + "; ".join(problems))
-    return {name: state for name, state in (r for r in results if isinstance(r, tuple))}
+    return [r for r in results if not isinstance(r, BaseException)]
+
+
+async def _lower(name: str, router: Router) -> tuple[str, float, RouterState | None]:
+    try:
+        old = await router.lower_ttl()
+        state = (await router.observe()).state if old > 0 else None
+    except AdapterError as exc:
+        raise PreflightError(f"router {name}: could not lower the published TTL: {exc}") from exc
+    return name, old, state
+
+
+async def lower_ttls(routers: Mapping[str, Router]) -> tuple[float, dict[str, RouterState]]:
+    """After preflight passed (PRODUCT.md, DNS): republish every DNS record whose published
+    TTL is longer than configured, with the same addresses. Returns the longest old TTL, to
+    be waited out before stage 1, and what each republished router holds now."""
+    done = await _all_or_refuse(*(_lower(n, r) for n, r in routers.items()))
+    wait = max((old for _, old, _ in done), default=0.0)
+    return wait, {name: state for name, _, state in done if state is not None}

@@ -22,7 +22,7 @@ from cutover.config import Config, ServiceSpec
 from cutover.core import machine
 from cutover.core.model import Color, Cutover, Event, Plan, Status, other_color
 from cutover.engine.clock import Clock
-from cutover.engine.preflight import preflight
+from cutover.engine.preflight import lower_ttls, preflight
 from cutover.engine.runner import Runner
 from cutover.errors import ConflictError, NotFoundError
 from cutover.observability.metrics import Metrics
@@ -182,6 +182,8 @@ class Supervisor:
                 dry_run=frozenset(p.name for p in plan.checks if p.dry_run),
                 exact=kind == "cutover",
             )
+            ttl_wait, republished = await lower_ttls(routers)
+            states = {**states, **republished}
             created = machine.new_cutover(
                 cutover_id=_new_id(),
                 service=service,
@@ -193,6 +195,8 @@ class Supervisor:
                 now=self._clock.time(),
                 kind=kind,
                 actor=actor,
+                router_ttls={r.name: float(r.ttl or 0) for r in spec.routers},
+                ttl_wait=ttl_wait,
             )
             c = replace(created.cutover, spec=spec.model_dump(mode="json"))
             c = await self._store.create(c, list(created.events))

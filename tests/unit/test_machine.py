@@ -1483,6 +1483,76 @@ def test_stage_time_counts_while_holding_paused_and_awaiting_only() -> None:
     assert (run.c.stage_index, run.c.stage_elapsed) == (1, 0)  # a new stage starts at 0
 
 
+# --- DNS TTL -----------------------------------------------------------------------------------
+
+
+def test_a_lowered_ttl_is_waited_out_before_stage_1_paused_time_included() -> None:
+    s = machine.new_cutover(
+        cutover_id="c-1",
+        service="checkout",
+        from_color="blue",
+        to_color="green",
+        plan=make_plan(),
+        router_kinds=KINDS,
+        router_states=router_states(0),
+        now=T0,
+        router_ttls={"dns": 5.0},
+        ttl_wait=300.0,
+    )
+    assert kinds(s) == ("started", "ttl_lowered")
+    assert s.events[1].data == {"wait": 300.0, "until": T0 + 300.0}
+    run = Run(c=s.cutover)
+    assert run.feed(PreflightPassed()).actions == ()
+    assert run.tick(200).actions == ()
+    run.command("pause")
+    run.tick(99)  # resolvers' caches expire while we pause
+    assert run.command("resume").actions == ()
+    assert (run.c.phase, run.c.stage_elapsed) == (Phase.PREFLIGHT, 299)
+    s = run.tick(1)
+    assert s.actions == (Apply(share=10),)
+    assert kinds(s) == ("stage_started",)
+    assert run.c.stage_elapsed == 0
+
+
+def test_resume_in_preflight_without_a_ttl_wait_enters_stage_1_at_the_next_tick() -> None:
+    run = at_preflight()
+    run.command("pause")
+    run.command("resume")
+    assert run.tick(0.25).actions == (Apply(share=10),)
+
+
+def test_events_say_when_dns_clients_can_have_moved_at_the_earliest() -> None:
+    s = machine.new_cutover(
+        cutover_id="c-1",
+        service="checkout",
+        from_color="blue",
+        to_color="green",
+        plan=make_plan(),
+        router_kinds=KINDS,
+        router_states=router_states(0),
+        now=T0,
+        router_ttls={"dns": 30.0},
+    )
+    run = Run(c=s.cutover)
+    run.feed(PreflightPassed())
+    applied = run.applied()
+    (event,) = applied.events
+    assert event.data["clients_from"] == run.now + 30
+    assert "30s from now at the earliest" in event.message
+    assert run.c.router("dns").written_at == run.now
+    assert machine.clients_from(run.c, run.now) == run.now + 30
+    run.command("abort")
+    (done,) = run.feed(RollbackVerified(states=router_states(0))).events
+    assert done.kind == "rolled_back"
+    assert done.data["clients_from"] == run.now + 30
+
+
+def test_no_dns_router_no_earliest_time() -> None:
+    run = at_holding()
+    assert machine.clients_from(run.c, run.now) is None
+    assert "clients_from" not in run.events[-1].data
+
+
 # --- regressions of bugs found and fixed -----------------------------------------------------
 
 

@@ -5,14 +5,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := haproxy socat
+# binary:package pairs of the real servers the demo and the tests run (never mocked)
+SYSTEM_BINARIES := haproxy:haproxy socat:socat prometheus:prometheus named:bind9 \
+	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server
 FAIL ?= 0
 
-.PHONY: demo test test-long lint system-deps venv clean
+.PHONY: demo test test-long bench lint system-deps venv clean
 
 system-deps:
 	@missing=""; \
-	for bin in haproxy socat; do command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; done; \
+	for pair in $(SYSTEM_BINARIES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	[ -f /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || missing="$$missing pdns-backend-sqlite3"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -37,13 +37,10 @@ PASS, FAIL, INCONCLUSIVE, ERROR = (
 
 
 def vector(*values: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    result = [
-        {
-            "metric": {**(labels or {}), "i": str(i)} if len(values) > 1 else (labels or {}),
-            "value": [1795671060.8, v],
-        }
-        for i, v in enumerate(values)
-    ]
+    def metric(i: int) -> dict[str, str]:
+        return {**(labels or {}), **({"i": str(i)} if len(values) > 1 else {})}
+
+    result = [{"metric": metric(i), "value": [1795671060.8, v]} for i, v in enumerate(values)]
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 

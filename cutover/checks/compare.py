@@ -152,14 +152,14 @@ class CompareCheck:
         if carried:  # the old color has no traffic: judge against the preceding stage's value
             new = await self._value(self.new)
             old: float | NoData | QueryFailed = (
-                ctx.baseline
+                float(ctx.baseline)  # the record's JSON may hold it as an int
                 if ctx.baseline is not None
                 else NoData(reason="no value recorded at a preceding stage")
             )
         else:
             new, old = await asyncio.gather(self._value(self.new), self._value(self.old))
         at = time.time()
-        baseline = old if isinstance(old, float | int) else None
+        baseline = old if isinstance(old, float) else None
         sides = ((self.new, new), (self.old, old))
 
         failed = [(side, r) for side, r in sides if isinstance(r, QueryFailed)]
@@ -171,9 +171,15 @@ class CompareCheck:
                 detail = "; ".join(f"{side.shown}: {exc}" for side, exc in failed)
             return Measurement(verdict=Verdict.ERROR, detail=detail, baseline=baseline, at=at)
 
-        empty = [f"{side.shown}: {r.reason}" for side, r in sides if isinstance(r, NoData)]
+        empty = [(side, r) for side, r in sides if isinstance(r, NoData)]
         if empty:
-            return self.spec.no_data("no data for " + ", ".join(empty), baseline=baseline, at=at)
+            return self.spec.no_data(
+                "no data for " + ", ".join(f"{side.shown}: {r.reason}" for side, r in empty),
+                # before stage 1 only the new color may lack data; the live old one must not
+                expected=ctx.share == 0 and all(side is self.new for side, _ in empty),
+                baseline=baseline,
+                at=at,
+            )
 
         assert isinstance(new, float) and isinstance(old, float)
         verdict, detail = judge(

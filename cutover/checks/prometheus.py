@@ -79,7 +79,9 @@ class PrometheusCheck:
         except QueryFailed as exc:
             return Measurement(verdict=Verdict.ERROR, detail=str(exc), at=time.time())
         if isinstance(value, NoData):
-            return spec.no_data(f"no data ({value.reason})", at=time.time())
+            return spec.no_data(
+                f"no data ({value.reason})", expected=ctx.share == 0, at=time.time()
+            )
         verdict, detail = judge(value, high=spec.max, low=spec.min)
         return Measurement(verdict=verdict, value=value, detail=detail, at=time.time())
 

@@ -68,9 +68,17 @@ class PromQLSpec(CheckSpecBase):
     #: threshold on "some one of them" would judge an arbitrary series.
     reduce: Reduce | None = None
 
-    def no_data(self, detail: str, **fields: Any) -> Measurement:
-        """The measurement for an empty or NaN answer, per ``on_no_data``."""
-        return Measurement(verdict=NO_DATA_VERDICTS[self.on_no_data], detail=detail, **fields)
+    def no_data(self, detail: str, *, expected: bool, **fields: Any) -> Measurement:
+        """The measurement for an empty or NaN answer, per ``on_no_data``.
+
+        ``expected``: the new color cannot have data yet (preflight, share 0). PRODUCT.md,
+        Preflight: "a query about the new color's traffic has no data yet, which is fine
+        here", so ``on_no_data: fail`` then gives inconclusive instead of refusing every start.
+        """
+        verdict = NO_DATA_VERDICTS[self.on_no_data]
+        if expected and verdict is Verdict.FAIL:
+            verdict, detail = Verdict.INCONCLUSIVE, f"{detail}; none expected before stage 1"
+        return Measurement(verdict=verdict, detail=detail, **fields)
 
 
 class QueryFailed(Exception):
@@ -124,10 +132,9 @@ def parse_answer(status: int, body: Any) -> Answer:
         raise QueryFailed(f"Prometheus: HTTP {status} {kind}: {message}")
     if status != 200:  # success with another status: not something Prometheus sends
         raise QueryFailed(f"HTTP {status} with a success body")
-    data = body.get("data")
+    data: Any = body.get("data")
     try:
-        assert isinstance(data, dict)
-        kind, result = data["resultType"], data["result"]
+        kind, result = data["resultType"], data["result"]  # TypeError if data is no mapping
         if kind == "scalar":
             return Answer(series=(Series(labels={}, value=_number(result[1])),))
         if kind == "vector":
@@ -137,7 +144,7 @@ def parse_answer(status: int, body: Any) -> Answer:
                     for item in result
                 )
             )
-    except (AssertionError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise QueryFailed(f"malformed Prometheus answer ({type(exc).__name__}: {exc})") from exc
     if kind == "matrix":
         raise QueryFailed(

@@ -289,6 +289,24 @@ async def test_prometheus_measure(
     assert m.detail.startswith(detail) and m.at > 0 and m.baseline is None
 
 
+@pytest.mark.parametrize(
+    ("on_no_data", "share", "verdict", "detail"),
+    [
+        ("fail", 0, INCONCLUSIVE, "no data (empty result); none expected before stage 1"),
+        ("fail", 1, FAIL, "no data (empty result)"),
+        ("pass", 0, PASS, "no data (empty result)"),
+        ("inconclusive", 0, INCONCLUSIVE, "no data (empty result)"),
+    ],
+)
+async def test_no_data_at_preflight_does_not_fail(
+    on_no_data: str, share: int, verdict: Verdict, detail: str
+) -> None:
+    """PRODUCT.md, Preflight: the new color's traffic has no data yet, which is fine there."""
+    check = prometheus_check({"q": answer()}, on_no_data=on_no_data)
+    m = await check.measure(MeasureContext(share=share))
+    assert (m.verdict, m.detail) == (verdict, detail)
+
+
 def test_prometheus_build_renders_every_string_field() -> None:
     spec = prometheus_spec(
         url="http://prom-{{service}}:9090", query='up{color="{{new}}",other="{{old}}"}'
@@ -382,6 +400,23 @@ async def test_compare_at_share_100_keeps_the_baseline_through_errors() -> None:
     check, _ = compare_check({NEW_Q: QueryFailed("cannot reach p: connection refused")})
     m = await check.measure(MeasureContext(share=100, baseline=0.1))
     assert (m.verdict, m.baseline) == (ERROR, 0.1)  # so the next measurement still has it
+
+
+async def test_compare_at_preflight_only_new_may_lack_data() -> None:
+    check, _ = compare_check({NEW_Q: answer(), OLD_Q: answer(0.1)}, on_no_data="fail")
+    m = await check.measure(MeasureContext(share=0))
+    assert (m.verdict, m.baseline) == (INCONCLUSIVE, 0.1)
+    assert m.detail == "no data for new (green): empty result; none expected before stage 1"
+
+    check, _ = compare_check({NEW_Q: answer(), OLD_Q: answer()}, on_no_data="fail")
+    m = await check.measure(MeasureContext(share=0))
+    assert m.verdict is FAIL  # the live color without data: the query is wrong
+
+
+async def test_compare_takes_an_integer_baseline() -> None:
+    check, _ = compare_check({NEW_Q: answer(0.3)})
+    m = await check.measure(MeasureContext(share=100, baseline=1))
+    assert (m.verdict, m.baseline) == (PASS, 1.0) and isinstance(m.baseline, float)
 
 
 def test_compare_build_renders_each_color() -> None:

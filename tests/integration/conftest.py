@@ -1,12 +1,15 @@
-"""Fixtures for integration tests against real servers (HAProxy + demo apps on loopback)."""
+"""Fixtures for integration tests against real servers (HAProxy + demo apps, BIND 9 and
+PowerDNS, on loopback)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
-from demo.stack import DEFAULT_WEIGHTS, HAProxyStack, start_stack
+from demo.dnsservers import Bind, PowerDNS
+from demo.stack import DEFAULT_WEIGHTS, HAProxyStack, make_workdir, start_stack
 
 #: Extra backends over the same demo apps, for the balance-algorithm checks.
 EXTRA_BACKENDS = {"static": "static-rr", "hashed": "source", "randomized": "random"}
@@ -22,3 +25,47 @@ async def haproxy_stack(request: pytest.FixtureRequest) -> AsyncIterator[HAProxy
         yield stack
     finally:
         await stack.stop()
+
+
+# --- DNS servers (BIND 9, PowerDNS) ------------------------------------------------------------
+
+#: The zone both DNS servers serve in the tests.
+DNS_ZONE = "example.test."
+#: BIND's zone content: ``www`` (IPv4, TTL 300, the blue addresses), ``dual`` (dual stack).
+BIND_RECORDS = (
+    "www 300 IN A 192.0.2.10",
+    "www 300 IN A 192.0.2.11",
+    "dual 300 IN A 192.0.2.10",
+    "dual 300 IN AAAA 2001:db8::b1",
+)
+
+
+@pytest.fixture
+async def bind_server() -> AsyncIterator[Bind]:
+    """A fresh BIND 9 per test serving :data:`DNS_ZONE` with :data:`BIND_RECORDS`, updates
+    allowed with its ``key``."""
+    workdir = make_workdir("cutover-bind-")
+    try:
+        server = await Bind.start(workdir, zone=DNS_ZONE, records=BIND_RECORDS)
+        try:
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def pdns_server() -> AsyncIterator[PowerDNS]:
+    """A fresh PowerDNS per test (LUA records on) serving :data:`DNS_ZONE`, where
+    ``www`` has the blue address 192.0.2.10 at TTL 300."""
+    workdir = make_workdir("cutover-pdns-")
+    try:
+        server = await PowerDNS.start(workdir)
+        try:
+            await server.create_zone(DNS_ZONE, {(f"www.{DNS_ZONE}", "A"): (300, ["192.0.2.10"])})
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,280 @@
+"""What both DNS routers share: the spec fields of a DNS name, secrets, TSIG, and DNS errors.
+
+* :class:`DnsSpecBase` validates ``zone``, ``record`` (inside the zone), ``ttl`` and the
+  colors' addresses (IP addresses, canonical text, no duplicates, the same address families
+  in both colors: see :mod:`cutover.routers.dns_split`).
+* :func:`load_secret` reads a TSIG secret or API key from a file or an environment variable
+  when a router first needs it (preflight), so a missing secret refuses the start instead of
+  breaking the daemon's config load. A secret never enters a message, a log or a ``repr``:
+  errors name the file or variable, never its content. (``dns.tsig.Key``'s own ``repr``
+  prints the secret, so routers keep the key private and never format it.)
+* :func:`exchange` sends one DNS message with a timeout and translates dnspython's and the
+  socket's exceptions into :class:`~cutover.errors.TransientError` /
+  :class:`~cutover.errors.PermanentError` (recipes/dns-servers.md has the observed table):
+  a bad TSIG key or secret is permanent (BIND answers NOTAUTH with BADKEY/BADSIG, which
+  dnspython raises as ``dns.tsig.PeerBadKey`` / ``PeerBadSignature``; PowerDNS answers an
+  *unsigned* REFUSED, which dnspython raises as ``dns.exception.FormError``), a timeout, a
+  refused or reset connection is transient.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.name
+import dns.rcode
+import dns.tsig
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from cutover.errors import AdapterError, PermanentError, TransientError
+from cutover.routers.base import RouterSpecBase
+from cutover.routers.dns_split import canonical_address, family_mismatch
+from cutover.specs import Duration
+
+__all__ = [
+    "DnsSpecBase",
+    "ServerAddress",
+    "TsigAlgorithm",
+    "absolute_name",
+    "exchange",
+    "load_secret",
+    "parse_server",
+    "rcode_error",
+    "tsig_key",
+]
+
+TsigAlgorithm = Literal["hmac-sha256", "hmac-sha512"]
+_ALGORITHMS: dict[str, dns.name.Name] = {
+    "hmac-sha256": dns.tsig.HMAC_SHA256,
+    "hmac-sha512": dns.tsig.HMAC_SHA512,
+}
+#: ``secret "<base64>";`` in a BIND key file, as ``tsig-keygen`` writes it.
+_BIND_SECRET = re.compile(r'secret\s+"([^"]+)"\s*;')
+_MAX_TTL = 2**31 - 1  # RFC 2181 section 8
+
+#: ``(host, port)`` of a DNS server; the host is an IP address.
+ServerAddress = tuple[str, int]
+
+
+def absolute_name(value: str) -> str:
+    """A DNS name as absolute text (``example.com`` -> ``example.com.``); ``ValueError`` if
+    it is not a valid name."""
+    text = value.strip()
+    if not text or text == ".":
+        raise ValueError("must be a DNS name like example.com.")
+    try:
+        return dns.name.from_text(text).to_text()
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"is not a valid DNS name ({type(exc).__name__})") from exc
+
+
+def parse_server(value: str, *, default_port: int = 53) -> ServerAddress:
+    """``192.0.2.1``, ``192.0.2.1:5300``, ``::1`` or ``[::1]:5300`` -> ``(host, port)``.
+
+    The host must be an IP address: dnspython sends to addresses, and resolving a name here
+    would be a blocking call and a dependency on another DNS server."""
+    hint = "must be an IP address with an optional port, e.g. 127.0.0.1:53 or [::1]:53"
+    text = value.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(hint)
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(hint) from None
+    if port_text and not port_text.isdigit():
+        raise ValueError(hint)
+    port = int(port_text) if port_text else default_port
+    if not 0 < port < 65536:
+        raise ValueError("port must be 1..65535")
+    return host, port
+
+
+def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> str:
+    """The secret from ``file`` (stripped) or the environment variable ``env``.
+
+    Raises :class:`PermanentError` naming the file or variable (never the content) when it
+    cannot be read or is empty. A small file read at preflight: not worth a thread. Errors
+    are raised ``from None``: a decoding error carries the file's bytes."""
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise PermanentError(f"{who}: cannot read the {what} file {file}: {reason}") from None
+        except UnicodeDecodeError:
+            raise PermanentError(f"{who}: the {what} file {file} is not UTF-8 text") from None
+        if not text:
+            raise PermanentError(f"{who}: the {what} file {file} is empty")
+        return text
+    if env is not None:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            raise PermanentError(f"{who}: the environment variable {env} ({what}) is not set")
+        return text
+    raise PermanentError(f"{who}: no {what} configured")
+
+
+def tsig_key(
+    *, name: str, algorithm: TsigAlgorithm, secret: str, source: str, who: str
+) -> dns.tsig.Key:
+    """A TSIG key from a base64 secret, or from a BIND key file (``tsig-keygen`` output).
+
+    ``source`` names where the secret came from, for the error message."""
+    match = _BIND_SECRET.search(secret)
+    text = match.group(1) if match else secret
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise PermanentError(
+            f"{who}: the TSIG secret in {source} is not base64 (nor a BIND key file)"
+        ) from None
+    if not raw:
+        raise PermanentError(f"{who}: the TSIG secret in {source} is empty")
+    return dns.tsig.Key(name, raw, _ALGORITHMS[algorithm])
+
+
+def rcode_error(rcode: dns.rcode.Rcode, where: str, doing: str) -> AdapterError:
+    """The error for a DNS answer code other than NOERROR (RFC 1035 4.1.1, RFC 2136 2.2)."""
+    text = dns.rcode.to_text(rcode)
+    if rcode == dns.rcode.SERVFAIL:
+        return TransientError(f"{where}: {doing}: SERVFAIL (server failure; may pass)")
+    why = {
+        dns.rcode.REFUSED: "the server refuses it (allow-update / TSIG policy?)",
+        dns.rcode.NOTAUTH: "the server is not authoritative for the zone",
+        dns.rcode.NOTZONE: "the name is not inside the zone",
+        dns.rcode.NOTIMP: "the server does not implement it",
+        dns.rcode.FORMERR: "the server could not parse the message",
+    }.get(rcode, "")
+    return PermanentError(f"{where}: {doing}: {text}" + (f" ({why})" if why else ""))
+
+
+async def exchange(
+    message: dns.message.Message,
+    server: ServerAddress,
+    *,
+    within: float,
+    who: str,
+    key_name: str | None = None,
+    udp: bool = False,
+) -> dns.message.Message:
+    """Send ``message`` (TCP unless ``udp``) and return the answer, whatever its rcode, or
+    raise after ``within`` seconds (dnspython bounds connect, send and receive together);
+    every failure to get a verified answer becomes a Transient/PermanentError that names
+    the router, the server and the TSIG key name, never the secret."""
+    host, port = server
+    where = f"{who}: DNS server {host}:{port}"
+    key = f"TSIG key {key_name!r}"
+    try:
+        if udp:
+            return await dns.asyncquery.udp(message, host, port=port, timeout=within)
+        return await dns.asyncquery.tcp(message, host, port=port, timeout=within)
+    except dns.tsig.PeerBadKey as exc:
+        raise PermanentError(
+            f"{where} does not know {key} with this algorithm (BADKEY): check tsig.name and"
+            " tsig.algorithm against the server's key"
+        ) from exc
+    except dns.tsig.PeerBadSignature as exc:
+        raise PermanentError(
+            f"{where} rejected the signature of {key} (BADSIG): the secret does not match"
+        ) from exc
+    except dns.tsig.PeerBadTime as exc:
+        raise PermanentError(
+            f"{where} rejected {key}: BADTIME, the clocks of this host and the server differ"
+        ) from exc
+    except dns.tsig.PeerError as exc:
+        raise PermanentError(f"{where} rejected {key}: {type(exc).__name__}") from exc
+    except (dns.tsig.BadSignature, dns.tsig.BadTime, dns.message.UnknownTSIGKey) as exc:
+        raise PermanentError(
+            f"{where}: its answer failed verification with {key} ({type(exc).__name__})"
+        ) from exc
+    except dns.exception.FormError as exc:
+        if key_name is not None and "TSIG" in str(exc):
+            raise PermanentError(
+                f"{where} refused the message signed with {key} and did not sign its answer"
+                " (PowerDNS does so for an unknown key or a wrong secret, or when the key is"
+                " not allowed to update the zone)"
+            ) from exc
+        raise TransientError(f"{where}: malformed answer ({exc})") from exc
+    except (dns.exception.Timeout, TimeoutError) as exc:
+        raise TransientError(f"{where}: no answer within {within:g}s") from exc
+    except ConnectionRefusedError as exc:
+        raise TransientError(f"{where}: connection refused (is it running?)") from exc
+    except (OSError, EOFError) as exc:
+        raise TransientError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    except dns.exception.DNSException as exc:
+        raise TransientError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+class DnsSpecBase(RouterSpecBase):
+    """Fields of every DNS router: the name, its TTL, and each color's addresses.
+
+    ``ttl`` is the config key; the field is ``ttl_seconds`` because
+    :attr:`RouterSpecBase.ttl` is the property the config reads for every router (``None``
+    for load balancers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    zone: str
+    record: str
+    ttl_seconds: int = Field(alias="ttl", ge=1, le=_MAX_TTL)
+    timeout: Duration = 2.0  # per network call (one DNS message, one HTTP request)
+
+    @property
+    def ttl(self) -> int:
+        return self.ttl_seconds
+
+    @field_validator("zone", "record")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return absolute_name(value)
+
+    @field_validator("blue", "green")
+    @classmethod
+    def _check_addresses(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            try:
+                out.append(canonical_address(value))
+            except ValueError:
+                raise ValueError(f"{value[:60]!r} is not an IPv4 or IPv6 address") from None
+        dupes = sorted({a for a in out if out.count(a) > 1})
+        if dupes:
+            raise ValueError(f"lists address(es) twice: {', '.join(dupes)}")
+        return out
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("timeout must be greater than 0")
+        return value
+
+    @model_validator(mode="after")
+    def _check_dns(self) -> DnsSpecBase:
+        if not dns.name.from_text(self.record).is_subdomain(dns.name.from_text(self.zone)):
+            raise ValueError(f"record {self.record} is not inside zone {self.zone}")
+        both = sorted(set(self.blue) & set(self.green))
+        if both:
+            raise ValueError(f"address(es) in both blue and green: {', '.join(both)}")
+        mismatch = family_mismatch(self.blue, self.green)
+        if mismatch:
+            raise ValueError(mismatch)
+        return self
+
+    def claims(self) -> set[str]:
+        return {f"dns:{self.record.lower()}"}

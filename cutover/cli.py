@@ -2,7 +2,9 @@
 
 Exit codes (PRODUCT.md): 0 success / completed; 1 error talking to the daemon or refused
 request; 2 bad config or usage; 3 rolled back; 4 failed (rollback not verified); 5 --timeout.
-Client commands read CUTOVER_URL (default http://127.0.0.1:8480) and CUTOVER_TOKEN.
+Client commands read CUTOVER_URL (default http://127.0.0.1:8480; https:// when the daemon
+serves TLS), CUTOVER_TOKEN (a bearer token from the config's api.tokens) and CUTOVER_CA (a CA
+file to verify the daemon's certificate with, instead of the system's CAs).
 No traceback reaches the user: every error is one clear line on stderr.
 """
 
@@ -14,6 +16,7 @@ import getpass
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +25,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from cutover import __version__
-from cutover.config import Config, load_config
+from cutover.config import TOKEN_NAME, Config, TokenSpec, load_config
 from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
 from cutover.specs import parse_duration
@@ -51,6 +54,14 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _token_name(text: str) -> str:
+    if not TOKEN_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            "1-64 letters, digits and @._+-, starting with a letter or digit"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("service")
     h.add_argument("--limit", type=int, default=10)
     h.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("token", help="bearer tokens for the API")
+    tsub = t.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    tn = tsub.add_parser(
+        "new", help="print a fresh token once and its api.tokens config line; writes no file"
+    )
+    tn.add_argument("--name", required=True, type=_token_name, help="the actor it acts as")
+    tn.add_argument("--role", required=True, choices=["viewer", "operator"])
     return p
 
 
@@ -109,36 +128,98 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Client:
-    def __init__(self) -> None:
-        self.url = os.environ.get("CUTOVER_URL", DEFAULT_URL).rstrip("/")
-        token = os.environ.get("CUTOVER_TOKEN")
+    """The daemon's API as the CLI sees it: every failure becomes one clear line."""
+
+    def __init__(self, *, url: str, token: str | None, ca_file: str | None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ClientError(f"CUTOVER_URL must be an http:// or https:// URL, not {url!r}")
+        self.url = url.rstrip("/")
+        self.has_token = bool(token)
         self.headers = {"X-Cutover-Actor": _whoami()}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+        self.ssl: ssl.SSLContext | bool = True  # verify against the system's CAs
+        if ca_file:
+            try:
+                self.ssl = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or "not a PEM CA certificate file"
+                raise ClientError(f"CUTOVER_CA: cannot load {ca_file}: {reason}") from None
+
+    @classmethod
+    def from_env(cls) -> Client:
+        return cls(
+            url=os.environ.get("CUTOVER_URL", DEFAULT_URL),
+            token=os.environ.get("CUTOVER_TOKEN"),
+            ca_file=os.environ.get("CUTOVER_CA"),
+        )
 
     async def call(self, method: str, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session,
-                session.request(method, self.url + path) as resp,
+                session.request(method, self.url + path, ssl=self.ssl) as resp,
             ):
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
                 if resp.status >= 400:
-                    err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
-                    message = err.get("message") or resp.reason or "request refused"
-                    raise ClientError(f"{resp.status} {err.get('code', 'error')}: {message}")
+                    raise ClientError(self._refusal(resp.status, resp.reason, body))
                 return body
-        except aiohttp.ClientConnectorError as exc:
+        except aiohttp.ClientConnectorCertificateError as exc:
+            detail = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
             raise ClientError(
-                f"cannot reach the daemon at {self.url} ({exc.os_error or exc}); "
-                "is `cutover daemon` running? (CUTOVER_URL)"
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ClientError(f"request to {self.url}{path} failed: {exc!r}") from exc
+                f"cannot trust the daemon at {self.url}: TLS certificate verification failed "
+                f"({detail}); set CUTOVER_CA to the CA file that signed its certificate"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise ClientError(
+                f"TLS handshake with the daemon at {self.url} failed ({exc.os_error}); "
+                "does it serve TLS? (CUTOVER_URL http:// or https://)"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = (
+                "connection refused"
+                if isinstance(exc.os_error, ConnectionRefusedError)
+                else exc.os_error.strerror or str(exc.os_error)
+            )
+            raise ClientError(
+                f"cannot reach the daemon at {self.url}: {reason}; "
+                "is `cutover daemon` running there? (CUTOVER_URL)"
+            ) from None
+        except aiohttp.ServerDisconnectedError:
+            raise ClientError(
+                f"the daemon at {self.url} closed the connection without an answer; if it "
+                "serves TLS, CUTOVER_URL must start with https://"
+            ) from None
+        except TimeoutError:
+            raise ClientError(
+                f"no answer from the daemon at {self.url} within {REQUEST_TIMEOUT:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"request to {self.url}{path} failed: {exc!r}") from None
+
+    def _refusal(self, status: int, reason: str | None, body: Any) -> str:
+        """One line for a refused request; the API's message names the token, never shows it."""
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        message = "; ".join(
+            line.strip() for line in str(err.get("message") or reason or "").splitlines()
+        )
+        if status == 401:
+            if not self.has_token:
+                return "not authorized: set CUTOVER_TOKEN to a token from the config"
+            return (
+                "not authorized: the daemon does not know the token in CUTOVER_TOKEN; "
+                "set it to a token from the config"
+            )
+        if status == 403:
+            return f"forbidden: {message}"
+        if status == 409:
+            return f"conflict: {message}"
+        return f"{status} {err.get('code', 'error')}: {message or 'request refused'}"
 
 
 def _whoami() -> str:
@@ -219,21 +300,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _live_color(service: str, config: Config) -> tuple[str, str]:
+async def _live_color(client: Client, service: str, config: Config) -> tuple[str, str]:
     try:
-        body = await Client().call("GET", f"/v1/services/{service}")
+        body = await client.call("GET", f"/v1/services/{service}")
         return str(body["live"]), "from the daemon"
     except ClientError:
         return config.service(service).live, "from the config (daemon not reachable)"
 
 
-async def cmd_plan(args: argparse.Namespace) -> int:
+async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
     config = load_config(args.config)
     spec = config.service(args.service)
     if args.from_color:
         live, source = args.from_color, "from --from"
     else:
-        live, source = await _live_color(args.service, config)
+        live, source = await _live_color(client, args.service, config)
     new = other_color(live)
     plan = spec.plan()
     print(f"plan for {args.service}: {live} -> {new} (live {source}); changes nothing")
@@ -302,8 +383,7 @@ async def _follow(client: Client, cutover_id: str, limit: float | None) -> int:
         await asyncio.sleep(0.5)
 
 
-async def cmd_start(args: argparse.Namespace) -> int:
-    client = Client()
+async def cmd_start(args: argparse.Namespace, client: Client) -> int:
     c = await client.call("POST", f"/v1/services/{args.service}/cutovers")
     print(f"started {c['id']}: {c['service']} {c['from']} -> {c['to']}", flush=True)
     if not args.wait:
@@ -311,8 +391,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
     return await _follow(client, c["id"], args.timeout)
 
 
-async def cmd_status(args: argparse.Namespace) -> int:
-    client = Client()
+async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     while True:
         if args.service:
             c = await _current(client, args.service)
@@ -339,22 +418,21 @@ async def cmd_status(args: argparse.Namespace) -> int:
         await asyncio.sleep(1.0)
 
 
-async def cmd_action(args: argparse.Namespace) -> int:
-    client = Client()
+async def cmd_action(args: argparse.Namespace, client: Client) -> int:
     c = await _current(client, args.service)
     after = await client.call("POST", f"/v1/cutovers/{c['id']}/{args.command}")
     print(f"{args.command}: {after['id']} is now {after['state']}")
     return EXIT_OK
 
 
-async def cmd_undo(args: argparse.Namespace) -> int:
-    c = await Client().call("POST", f"/v1/services/{args.service}/undo")
+async def cmd_undo(args: argparse.Namespace, client: Client) -> int:
+    c = await client.call("POST", f"/v1/services/{args.service}/undo")
     print(f"undo {c['id']} started: {c['service']} {c['from']} -> {c['to']}")
     return EXIT_OK
 
 
-async def cmd_history(args: argparse.Namespace) -> int:
-    body = await Client().call("GET", f"/v1/services/{args.service}/cutovers?limit={args.limit}")
+async def cmd_history(args: argparse.Namespace, client: Client) -> int:
+    body = await client.call("GET", f"/v1/services/{args.service}/cutovers?limit={args.limit}")
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_OK
@@ -364,6 +442,16 @@ async def cmd_history(args: argparse.Namespace) -> int:
         print()
     if not body["cutovers"]:
         print(f"{args.service}: no cutovers yet")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """``token new``: the token goes to the client only; the config keeps its hash."""
+    token, spec = TokenSpec.generate(name=args.name, role=args.role)
+    print(f"token for {spec.name} ({spec.role}), shown only now; the client's CUTOVER_TOKEN:")
+    print(f"  {token}")
+    print("add under api.tokens in the daemon's config, then restart the daemon:")
+    print(f"  {spec.config_line()}")
     return EXIT_OK
 
 
@@ -389,7 +477,7 @@ ASYNC_COMMANDS = {
     "history": cmd_history,
     "plan": cmd_plan,
 }
-SYNC_COMMANDS = {"daemon": cmd_daemon, "validate": cmd_validate}
+SYNC_COMMANDS = {"daemon": cmd_daemon, "validate": cmd_validate, "token": cmd_token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in SYNC_COMMANDS:
             return SYNC_COMMANDS[args.command](args)
-        return asyncio.run(ASYNC_COMMANDS[args.command](args))
+        client = Client.from_env()
+        return asyncio.run(ASYNC_COMMANDS[args.command](args, client))
     except ConfigError as exc:
         print(f"cutover: {len(exc.errors)} config error(s):", file=sys.stderr)
         for line in exc.errors:

@@ -23,8 +23,10 @@ Validation runs in two passes:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import re
+import secrets
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -62,6 +64,7 @@ from cutover.routers.registry import ROUTER_SPECS
 from cutover.specs import Duration, Spec, render
 
 __all__ = [
+    "TOKEN_NAME",
     "ApiSpec",
     "CheckSpec",
     "Config",
@@ -74,11 +77,14 @@ __all__ = [
     "TokenSpec",
     "load_config",
     "parse_config",
+    "token_sha256",
 ]
 
 #: Placeholders every check's string fields may use (PRODUCT.md, Config).
 CHECK_PLACEHOLDERS = ("new", "old", "service")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+#: A token's name is the actor in the event timeline and sits unquoted in a YAML flow mapping.
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}$")
 DEFAULT_LISTEN = "127.0.0.1:8480"
 
 
@@ -131,6 +137,14 @@ def _service_name(value: str) -> str:
     return value
 
 
+def _token_name(value: str) -> str:
+    if not TOKEN_NAME.match(value):
+        raise ValueError(
+            "token names are 1-64 letters, digits and @._+- and start with a letter or digit"
+        )
+    return value
+
+
 def _sha256_hex(value: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError("must be the sha256 of the token as 64 lowercase hex digits")
@@ -178,12 +192,27 @@ class _Strict(Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def token_sha256(token: str) -> str:
+    """The form a bearer token is kept in: the sha256 of its UTF-8 bytes as lowercase hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 class TokenSpec(_Strict):
     """A bearer token, stored only as the sha256 hex of the token."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_token_name)]
     role: Literal["viewer", "operator"]
     sha256: Annotated[str, AfterValidator(_sha256_hex)]
+
+    @classmethod
+    def generate(cls, *, name: str, role: Literal["viewer", "operator"]) -> tuple[str, TokenSpec]:
+        """A fresh random token (256 bits) and the spec that keeps only its hash."""
+        token = secrets.token_urlsafe(32)
+        return token, cls(name=name, role=role, sha256=token_sha256(token))
+
+    def config_line(self) -> str:
+        """This token as an ``api.tokens`` list item to paste into the config."""
+        return f'- {{name: {self.name}, role: {self.role}, sha256: "{self.sha256}"}}'
 
 
 class TlsSpec(_Strict):

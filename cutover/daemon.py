@@ -1,7 +1,9 @@
 """The daemon process: config -> store -> supervisor -> API, and a clean stop on SIGTERM.
 
 SIGTERM/SIGINT stop the API and cancel every runner without touching traffic; the store keeps
-every running cutover, and the next start resumes them (PRODUCT.md, Restart).
+every running cutover, and the next start resumes them (PRODUCT.md, Restart). With ``api.tls``
+the API speaks HTTPS only (TLS 1.2 or newer); a certificate that cannot be loaded stops the
+start-up before anything else is opened.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import structlog
 from aiohttp import web
 
 from cutover.api.app import make_app
+from cutover.api.tls import server_ssl_context
 from cutover.config import Config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
+from cutover.errors import CutoverError
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 
@@ -25,6 +29,8 @@ __all__ = ["run_daemon"]
 async def run_daemon(config: Config) -> None:
     log = structlog.get_logger()
     host, port = config.api.host, config.api.port  # config refuses non-loopback w/o tokens
+    tls = config.api.tls
+    ssl_context = await asyncio.to_thread(server_ssl_context, tls) if tls else None
     store = SqliteStore(path=config.state.sqlite)
     await store.open()
     metrics = Metrics()
@@ -38,10 +44,22 @@ async def run_daemon(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
-        await site.start()
+        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise CutoverError(
+                f"api.listen: cannot listen on {config.api.listen}: {reason}"
+            ) from None
         await supervisor.start()
-        log.info("daemon ready", listen=config.api.listen, services=list(config.services))
+        log.info(
+            "daemon ready",
+            listen=config.api.listen,
+            scheme="https" if ssl_context else "http",
+            auth=f"{len(config.api.tokens)} bearer token(s)" if config.api.tokens else "open",
+            services=list(config.services),
+        )
         await stop.wait()
         log.info("stopping: traffic is left as it is")
     finally:

@@ -1,20 +1,24 @@
 """The aiohttp application: routes, JSON errors, app state under typed ``web.AppKey``s.
 
 Every error leaves as ``{"error": {"code", "message"}}`` with a fitting 4xx; an unexpected
-exception is logged and answered 500 without a traceback.
+exception is logged and answered 500 without a traceback. With ``api.tokens`` configured,
+``/v1`` needs a bearer token (:mod:`cutover.api.auth`) and an operator action is recorded with
+the token's name as its actor.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from cutover.api.auth import PRINCIPAL, TokenTable, auth_middleware
 from cutover.api.openapi import openapi_spec
+from cutover.api.page import add_routes as add_status_page
 from cutover.api.views import cutover_json
 from cutover.core.machine import Command
 from cutover.engine.supervisor import Supervisor
@@ -29,8 +33,8 @@ STORE = web.AppKey("store", StateStore)
 METRICS = web.AppKey("metrics", Metrics)
 
 _ACTOR = re.compile(r"^[A-Za-z0-9@._:/+-]{1,64}$")
+_LIMIT = re.compile(r"[0-9]{1,3}")
 _ACTIONS = ("pause", "resume", "promote", "abort")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -57,10 +61,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _actor(request: web.Request) -> str:
-    actor = request.headers.get("X-Cutover-Actor", "api")
-    if not _ACTOR.match(actor):
+    """Who acts, for the event timeline: the token's name when tokens are configured.
+
+    ``X-Cutover-Actor`` (the CLI sends ``user@host``) cannot override a token's name; it only
+    adds who used the token: ``release-bot (via alice@laptop)``. Without tokens it is the actor.
+    """
+    header = request.headers.get("X-Cutover-Actor")
+    if header is not None and not _ACTOR.match(header):
         raise RequestError("X-Cutover-Actor: 1-64 characters of A-Z a-z 0-9 @._:/+-")
-    return actor
+    if PRINCIPAL not in request:
+        return header or "api"
+    principal = request[PRINCIPAL]
+    if header is None or header == principal.name:
+        return principal.name
+    return f"{principal.name} (via {header})"
 
 
 async def _no_body(request: web.Request) -> None:
@@ -135,12 +149,11 @@ async def service_history(request: web.Request) -> web.Response:
     name = request.match_info["service"]
     sup = request.app[SUPERVISOR]
     sup.config.service(name)
-    try:
-        limit = int(request.query.get("limit", "20"))
-    except ValueError as exc:
-        raise RequestError("limit must be an integer 1..500") from exc
-    if not 1 <= limit <= 500:
+    raw = request.query.get("limit", "20")
+    # [0-9] only: int() would also take " 5", "+5", "5_0" and other scripts' digits
+    if not (_LIMIT.fullmatch(raw) and 1 <= int(raw) <= 500):
         raise RequestError("limit must be an integer 1..500")
+    limit = int(raw)
     store = request.app[STORE]
     items = []
     for c in await store.history(name, limit=limit):
@@ -169,7 +182,10 @@ async def openapi(_: web.Request) -> web.Response:
 
 
 def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024)
+    tokens = TokenTable(supervisor.config.api.tokens)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(tokens)], client_max_size=64 * 1024
+    )
     app[SUPERVISOR] = supervisor
     app[STORE] = store
     app[METRICS] = metrics
@@ -177,6 +193,7 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi)
+    # GET / (the status page shell, open like the probes) is registered here.
     app.router.add_get("/v1/services", list_services)
     app.router.add_get("/v1/services/{service}", get_service)
     app.router.add_post("/v1/services/{service}/cutovers", start_cutover)
@@ -184,4 +201,5 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app.router.add_post("/v1/services/{service}/undo", undo)
     app.router.add_get("/v1/cutovers/{id}", get_cutover)
     app.router.add_post("/v1/cutovers/{id}/{action}", cutover_action)
+    add_status_page(app)
     return app

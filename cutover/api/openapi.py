@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 description of the API, kept true by a test that walks the routes."""
+"""The OpenAPI 3.1 description of the API, kept true by a test that walks the routes.
+
+Every ``/v1`` operation declares the bearer scheme and its refusals (401; 403 for a POST,
+which needs an operator token) in one place, :func:`_secured`, rather than per operation.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ _ACTOR = {
     "name": "X-Cutover-Actor",
     "in": "header",
     "required": False,
-    "description": "who acts, recorded in the event timeline",
+    "description": "who acts, recorded in the event timeline. With api.tokens configured the "
+    "actor is the token's name and this header only adds who used it: "
+    '"release-bot (via alice@laptop)"',
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9@._:/+-]{1,64}$"},
 }
 _NO_BODY = {
@@ -169,136 +175,188 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+_BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "A token from api.tokens (the config keeps only its sha256). Needed on /v1 "
+    "when tokens are configured: a viewer may GET, an operator may also POST. Without tokens "
+    "the daemon listens on loopback only and needs none.",
+}
+_UNAUTHORIZED = {
+    **_ERR,
+    "description": "no bearer token, or one that is not configured",
+    "headers": {
+        "WWW-Authenticate": {
+            "required": True,
+            "description": "RFC 6750 challenge: Bearer",
+            "schema": {"type": "string"},
+        }
+    },
+}
+_FORBIDDEN = {**_ERR, "description": "a viewer token: this needs an operator token"}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the bearer requirement and its 401/403 answers to every /v1 operation."""
+    for path, operations in paths.items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in operations.items():
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = _UNAUTHORIZED
+            if method == "post":
+                op["responses"]["403"] = _FORBIDDEN
+    return paths
+
+
 def openapi_spec() -> dict[str, Any]:
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "cutover", "version": __version__},
-        "paths": {
-            "/healthz": {
-                "get": {
-                    "summary": "process alive",
-                    "operationId": "healthz",
-                    "responses": {"200": _json(status, "alive")},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "config loaded, store open, engine running",
-                    "operationId": "readyz",
-                    "responses": {"200": _json(status, "ready"), "503": _ERR},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus text format",
-                    "operationId": "metrics",
-                    "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "this document",
-                    "operationId": "openapi",
-                    "responses": {"200": _json({"type": "object"}, "spec")},
-                }
-            },
-            "/v1/services": {
-                "get": {
-                    "summary": "every service with its live color and running or last cutover",
-                    "operationId": "listServices",
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["services"],
-                                "properties": {
-                                    "services": {"type": "array", "items": _ref("Service")}
-                                },
-                            },
-                            "services",
-                        )
-                    },
-                }
-            },
-            "/v1/services/{service}": {
-                "get": {
-                    "summary": "one service",
-                    "operationId": "getService",
-                    "parameters": [_SERVICE],
-                    "responses": {"200": _json(_ref("Service"), "the service"), "404": _ERR},
-                }
-            },
-            "/v1/services/{service}/cutovers": {
-                "post": {
-                    "summary": "preflight, then start a cutover from the live color",
-                    "operationId": "startCutover",
-                    "parameters": [_SERVICE, _ACTOR],
-                    "requestBody": _NO_BODY,
-                    "responses": {
-                        "201": _json(_ref("Cutover"), "started"),
-                        "400": _ERR,
-                        "404": _ERR,
-                        "409": _json(_ref("Error"), "a cutover already runs"),
-                        "422": _json(_ref("Error"), "preflight refused; nothing changed"),
-                    },
-                },
-                "get": {
-                    "summary": "history, newest first",
-                    "operationId": "serviceHistory",
-                    "parameters": [
-                        _SERVICE,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+        "paths": _secured(
+            {
+                "/": {
+                    "get": {
+                        "summary": "the on-call status page (open; with tokens configured it "
+                        "asks for a viewer token for its /v1 calls)",
+                        "operationId": "statusPage",
+                        "responses": {
+                            "200": {
+                                "description": "one HTML document",
+                                "content": {"text/html": {"schema": {"type": "string"}}},
+                            }
                         },
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["service", "cutovers"],
-                                "properties": {
-                                    "service": {"type": "string"},
-                                    "cutovers": {"type": "array", "items": _ref("Cutover")},
+                    }
+                },
+                "/healthz": {
+                    "get": {
+                        "summary": "process alive",
+                        "operationId": "healthz",
+                        "responses": {"200": _json(status, "alive")},
+                    }
+                },
+                "/readyz": {
+                    "get": {
+                        "summary": "config loaded, store open, engine running",
+                        "operationId": "readyz",
+                        "responses": {"200": _json(status, "ready"), "503": _ERR},
+                    }
+                },
+                "/metrics": {
+                    "get": {
+                        "summary": "Prometheus text format",
+                        "operationId": "metrics",
+                        "responses": {
+                            "200": {"description": "metrics", "content": {"text/plain": {}}}
+                        },
+                    }
+                },
+                "/openapi.json": {
+                    "get": {
+                        "summary": "this document",
+                        "operationId": "openapi",
+                        "responses": {"200": _json({"type": "object"}, "spec")},
+                    }
+                },
+                "/v1/services": {
+                    "get": {
+                        "summary": "every service with its live color and running or last cutover",
+                        "operationId": "listServices",
+                        "responses": {
+                            "200": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["services"],
+                                    "properties": {
+                                        "services": {"type": "array", "items": _ref("Service")}
+                                    },
                                 },
+                                "services",
+                            )
+                        },
+                    }
+                },
+                "/v1/services/{service}": {
+                    "get": {
+                        "summary": "one service",
+                        "operationId": "getService",
+                        "parameters": [_SERVICE],
+                        "responses": {"200": _json(_ref("Service"), "the service"), "404": _ERR},
+                    }
+                },
+                "/v1/services/{service}/cutovers": {
+                    "post": {
+                        "summary": "preflight, then start a cutover from the live color",
+                        "operationId": "startCutover",
+                        "parameters": [_SERVICE, _ACTOR],
+                        "requestBody": _NO_BODY,
+                        "responses": {
+                            "201": _json(_ref("Cutover"), "started"),
+                            "400": _ERR,
+                            "404": _ERR,
+                            "409": _json(_ref("Error"), "a cutover already runs"),
+                            "422": _json(_ref("Error"), "preflight refused; nothing changed"),
+                        },
+                    },
+                    "get": {
+                        "summary": "history, newest first",
+                        "operationId": "serviceHistory",
+                        "parameters": [
+                            _SERVICE,
+                            {
+                                "name": "limit",
+                                "in": "query",
+                                "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 500},
                             },
-                            "history",
-                        ),
-                        "400": _ERR,
-                        "404": _ERR,
+                        ],
+                        "responses": {
+                            "200": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["service", "cutovers"],
+                                    "properties": {
+                                        "service": {"type": "string"},
+                                        "cutovers": {"type": "array", "items": _ref("Cutover")},
+                                    },
+                                },
+                                "history",
+                            ),
+                            "400": _ERR,
+                            "404": _ERR,
+                        },
                     },
                 },
-            },
-            "/v1/services/{service}/undo": {
-                "post": {
-                    "summary": "within undo_window: all traffic back to the previous color at once",
-                    "operationId": "undoCutover",
-                    "parameters": [_SERVICE, _ACTOR],
-                    "requestBody": _NO_BODY,
-                    "responses": {
-                        "201": _json(_ref("Cutover"), "undo started"),
-                        "400": _ERR,
-                        "404": _ERR,
-                        "409": _ERR,
-                        "422": _ERR,
-                    },
-                }
-            },
-            "/v1/cutovers/{id}": {
-                "get": {
-                    "summary": "one cutover with its event timeline",
-                    "operationId": "getCutover",
-                    "parameters": [_ID],
-                    "responses": {"200": _json(_ref("Cutover"), "the cutover"), "404": _ERR},
-                }
-            },
-            "/v1/cutovers/{id}/pause": _action("pause", "pause the cutover"),
-            "/v1/cutovers/{id}/resume": _action("resume", "resume a paused cutover"),
-            "/v1/cutovers/{id}/promote": _action("promote", "pass the current stage"),
-            "/v1/cutovers/{id}/abort": _action("abort", "roll back at once"),
-        },
-        "components": {"schemas": _SCHEMAS},
+                "/v1/services/{service}/undo": {
+                    "post": {
+                        "summary": "within undo_window: all traffic back to the previous color "
+                        "at once",
+                        "operationId": "undoCutover",
+                        "parameters": [_SERVICE, _ACTOR],
+                        "requestBody": _NO_BODY,
+                        "responses": {
+                            "201": _json(_ref("Cutover"), "undo started"),
+                            "400": _ERR,
+                            "404": _ERR,
+                            "409": _ERR,
+                            "422": _ERR,
+                        },
+                    }
+                },
+                "/v1/cutovers/{id}": {
+                    "get": {
+                        "summary": "one cutover with its event timeline",
+                        "operationId": "getCutover",
+                        "parameters": [_ID],
+                        "responses": {"200": _json(_ref("Cutover"), "the cutover"), "404": _ERR},
+                    }
+                },
+                "/v1/cutovers/{id}/pause": _action("pause", "pause the cutover"),
+                "/v1/cutovers/{id}/resume": _action("resume", "resume a paused cutover"),
+                "/v1/cutovers/{id}/promote": _action("promote", "pass the current stage"),
+                "/v1/cutovers/{id}/abort": _action("abort", "roll back at once"),
+            }
+        ),
+        "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": _BEARER}},
     }

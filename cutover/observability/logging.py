@@ -1,6 +1,22 @@
 """structlog set-up: JSON lines on stderr, secrets redacted.
 
-Every line of a runner carries ``service`` and ``cutover`` (bound by the engine).
+Every line of a runner carries ``service`` and ``cutover`` (bound by the engine). The standard
+library's loggers (aiohttp, asyncio) go through the same processors, so their lines are JSON
+and redacted too.
+
+Redaction (:class:`Redactor`, the last processor before rendering, so it also sees formatted
+tracebacks) works three ways, recursively through dicts and lists:
+
+* a key that names a secret (token, secret, password, api_key, authorization, cookie) has its
+  value replaced, wherever a caller put one by mistake;
+* a credential with a recognizable shape in any string (``Bearer …``/``Basic …`` as in an
+  ``Authorization`` header, RFC 6750 §2.1; the password of a ``scheme://user:pass@`` URL) is
+  masked, so a bearer token is never logged even in an exception's text;
+* a secret *value* registered with :func:`register_secret` when it is loaded (a TSIG secret, an
+  API key, a webhook token) is masked wherever it appears.
+
+The registered values live in the processor that :func:`configure_logging` installs: the
+process's logging configuration is process-wide by nature; nothing is registered at import.
 """
 
 from __future__ import annotations
@@ -9,39 +25,119 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "redact"]
+__all__ = ["Redactor", "configure_logging", "register_secret"]
 
-_SECRET_KEYS = re.compile(r"(secret|password|token|api_key|authorization)", re.IGNORECASE)
-
-
-def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop values of keys that name a secret, wherever a caller put one by mistake."""
-    for key in list(event):
-        if _SECRET_KEYS.search(key):
-            event[key] = "[redacted]"
-    return event
+REDACTED = "[redacted]"
+_SECRET_KEYS = re.compile(r"secret|passw|token|api_?key|authorization|cookie", re.IGNORECASE)
+_CREDENTIAL_SHAPES = (
+    # 8+ characters: a credential, not prose such as "a bearer token"
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/-]{8,}=*", re.IGNORECASE), rf"\1 {REDACTED}"),
+    (re.compile(r"(://[^/\s:@]*:)[^/\s@]+@"), rf"\1{REDACTED}@"),
+)
 
 
-def configure_logging(level: str = "info", *, json: bool = True) -> None:
+class Redactor:
+    """The structlog processor that masks secrets by key, by shape and by known value."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        if secret:
+            self._values.add(secret)
+
+    def __call__(
+        self, _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event):
+            event[key] = self._clean(key, event[key])
+        return event
+
+    def _clean(self, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and _SECRET_KEYS.search(key) and value is not None:
+            return REDACTED
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, dict):
+            return {k: self._clean(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(None, v) for v in value]
+        if isinstance(value, BaseException):
+            return self._text(repr(value))
+        return value
+
+    def _text(self, text: str) -> str:
+        for pattern, replacement in _CREDENTIAL_SHAPES:
+            text = pattern.sub(replacement, text)
+        # longest first, so a secret that contains another is masked whole
+        for secret in sorted(self._values, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+def _active_redactor() -> Redactor | None:
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, Redactor):
+            return processor
+    return None
+
+
+def register_secret(secret: str) -> None:
+    """Mask ``secret`` in every later log line (call it where a secret is loaded).
+
+    Without :func:`configure_logging` (unit tests, client commands) nothing logs JSON lines
+    and there is nothing to register with."""
+    redactor = _active_redactor()
+    if redactor is not None:
+        redactor.add(secret)
+
+
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed, so configuring again replaces it."""
+
+
+def configure_logging(
+    level: str = "info", *, json: bool = True, stream: TextIO | None = None
+) -> Redactor:
+    """Configure structlog and the stdlib root logger to write to ``stream`` (stderr).
+
+    Returns the installed :class:`Redactor`."""
+    out = sys.stderr if stream is None else stream
+    redactor = _active_redactor() or Redactor()
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, structlog.processors.format_exc_info, redactor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = _StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    return redactor

@@ -14,6 +14,7 @@
     "running", "awaiting_approval", "paused", "rolling_back", "completed", "rolled_back", "failed",
   ]);
   const VERDICTS = new Set(["pass", "fail", "inconclusive", "error"]);
+  const ENDING = new Set(["rolling_back", "rolled_back", "failed"]);
   const PAUSES = new Set(["paused", "alarm", "drift"]); // event kinds that say why it paused
 
   class AuthNeeded extends Error {
@@ -137,12 +138,13 @@
       bar.append(seg);
     });
     const cur = c.stages[c.stage];
-    const text = done
-      ? `all ${n} stages done`
-      : `stage ${c.stage + 1} of ${n}: ${cur.weight} % ${c.to}, ` +
-        (c.phase === "holding" || c.state === "awaiting_approval"
-          ? `hold ${secs(c.hold_elapsed)} of ${secs(cur.hold)}`
-          : c.phase);
+    const where = `stage ${c.stage + 1} of ${n}: ${cur.weight} % ${c.to}`;
+    let text = `${where}, ${c.phase}`;
+    if (done) text = `all ${n} stages done`;
+    else if (ENDING.has(c.state)) text = `${c.state.replace("_", " ")} from ${where}`;
+    else if (c.phase === "holding") {
+      text = `${where}, hold ${secs(c.hold_elapsed)} of ${secs(cur.hold)}`;
+    }
     const parts = [bar, el("p", "stage-text", text)];
     if (c.ttl_wait_left > 0) {
       parts.push(el("p", "muted",
@@ -230,7 +232,7 @@
   function timeline(events) {
     const shown = events.slice(-EVENTS_SHOWN);
     const list = el("ol", "timeline", ...shown.map((e) => el("li", null,
-      el("time", "muted", clock(e.at)), " ", el("span", "ev-kind", e.kind), " ",
+      el("time", "muted", clock(e.at)), el("span", "ev-kind", e.kind),
       el("span", "ev-message", e.message))));
     const hidden = events.length - shown.length;
     return [el("h3", null, "Timeline"),
@@ -246,7 +248,7 @@
         el("span", `chip ${colorClass(c.from)}`, c.from), " → ",
         el("span", `chip ${colorClass(c.to)}`, c.to), " ",
         el("span", "state", c.state), " ",
-        el("span", "muted phase", c.phase)),
+        c.state === "running" ? el("span", "muted phase", c.phase) : null),
       ...stageProgress(c),
       el("h3", null, "Routers"),
       table("routers", ["router", "type", `desired (${c.to})`, "observed", "detail"],

@@ -453,9 +453,12 @@ async def test_rfc2136_against_powerdns(pdns_server: PowerDNS, tmp_path: Path) -
     await pdns_server.allow_update(DNS_ZONE, key)
     spec = rfc2136_spec(pdns_server, write_secret(tmp_path, key.secret), blue=["192.0.2.10"])
     router = spec.build(new="green")
-    await router.preflight()
+    before = await serial(pdns_server.server)
+    await router.preflight()  # the signed no-op update changes nothing here either
+    assert await serial(pdns_server.server) == before
     await router.apply(50)
     assert (await rrset(pdns_server.server, WWW, "A"))[0] == {"192.0.2.10", "198.51.100.10"}
+    assert await serial(pdns_server.server) == before + 1
     assert (await router.observe()).state == router.expected(50)
     wrong = rfc2136_spec(pdns_server, write_secret(tmp_path, new_tsig_key().secret, "wrong"))
     with pytest.raises(PermanentError, match="did not sign its answer") as info:

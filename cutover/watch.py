@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -312,7 +312,7 @@ async def follow(
 
 async def watch_services(
     fetch: Fetch, *, console: Console | None = None, interval: float = 1.0
-) -> None:
+) -> NoReturn:
     """Redraw every service from ``GET /v1/services`` until interrupted (Ctrl-C).
 
     Not on a terminal, the overview is printed again only when it changed.

@@ -77,6 +77,24 @@ async def test_every_route_is_in_the_openapi_spec_and_back(client: TestClient) -
     assert served == documented
 
 
+async def test_the_spec_declares_bearer_auth_and_its_refusals_on_v1_only(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "security" not in spec  # the probes, /metrics, /openapi.json and / stay open
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            if not path.startswith("/v1/"):
+                assert "security" not in op and "401" not in op["responses"], where
+                continue
+            assert op["security"] == [{"bearer": []}], where
+            unauthorized = op["responses"]["401"]
+            assert unauthorized["headers"]["WWW-Authenticate"]["required"], where
+            assert ("403" in op["responses"]) == (method == "post"), where
+
+
 async def test_probes_and_metrics(client: TestClient) -> None:  # type: ignore[type-arg]
     assert (await client.get("/healthz")).status == 200
     resp = await client.get("/readyz")

@@ -22,7 +22,12 @@ from cutover.core.model import Cutover
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.errors import ConflictError
-from cutover.observability.logging import REDACTED, Redactor, configure_logging
+from cutover.observability.logging import (
+    REDACTED,
+    Redactor,
+    configure_logging,
+    register_secret,
+)
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 from tests.unit.test_api import CONFIG
@@ -261,6 +266,20 @@ def json_logs() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def test_a_registered_secret_is_masked_in_lines_and_tracebacks(json_logs: io.StringIO) -> None:
+    secret = "c2VjcmV0LXRzaWcta2V5LWJ5dGVz"
+    register_secret(secret)  # as a router does when it loads its TSIG secret
+    log = structlog.get_logger()
+    log.info(f"loaded {secret}", where="rfc2136")
+    try:
+        raise ValueError(f"bad key {secret}")
+    except ValueError:
+        log.exception("update failed")
+    logging.getLogger("dns").warning("stdlib %s", secret)
+    logs = json_logs.getvalue()
+    assert secret not in logs and logs.count(REDACTED) >= 3, logs
 
 
 async def test_no_token_reaches_logs_or_answers(tmp_path: Path, json_logs: io.StringIO) -> None:

@@ -415,6 +415,15 @@ CASES: list[tuple[str, Mutation, str]] = [
         _set("api.tokens.1.role", "admin"),
         "api.tokens[1].role: must be one of 'viewer' or 'operator'",
     ),
+    *(
+        (
+            f"token name {name!r}",
+            _set("api.tokens.0.name", name),
+            "api.tokens[0].name: token names are 1-64 letters, digits and @._+- and start with "
+            "a letter or digit",
+        )
+        for name in ("", "has space", "-dash-first", "x" * 65, "naïve", "a:b")
+    ),
     (
         "duplicate token name",
         _set("api.tokens.1.name", "release-bot"),
@@ -654,3 +663,13 @@ def test_config_is_frozen() -> None:
     config: Config = parse_config(valid())
     with pytest.raises(ValueError, match="frozen"):
         config.services["checkout"].stages[0].weight = 7  # type: ignore[misc]
+
+
+def test_tls_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    data = valid()
+    data["api"]["tls"] = {"cert_file": "tls/api.crt", "key_file": "/etc/cutover/api.key"}
+    path = tmp_path / "cutover.yaml"
+    path.write_text(yaml.safe_dump(data))
+    tls = load_config(path).api.tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file) == (str(tmp_path / "tls/api.crt"), "/etc/cutover/api.key")

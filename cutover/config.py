@@ -496,13 +496,20 @@ def _api_errors(api: ApiSpec) -> Iterable[str]:
             f"(127.0.0.1, [::1], localhost); add tokens to listen on {api.host}"
         )
     seen: dict[str, int] = {}
+    hashes: dict[str, int] = {}
     for i, token in enumerate(api.tokens):
         if token.name in seen:
             yield (
                 f"api.tokens[{i}].name: duplicate token name {token.name!r} "
                 f"(also api.tokens[{seen[token.name]}])"
             )
+        if token.sha256 in hashes:  # one token, two names: which one acted would be a guess
+            yield (
+                f"api.tokens[{i}].sha256: the same token as api.tokens[{hashes[token.sha256]}]; "
+                "give each name its own token"
+            )
         seen.setdefault(token.name, i)
+        hashes.setdefault(token.sha256, i)
 
 
 def _notify_errors(i: int, notify: NotifySpec) -> Iterable[str]:

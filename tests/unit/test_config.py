@@ -425,6 +425,11 @@ CASES: list[tuple[str, Mutation, str]] = [
         for name in ("", "has space", "-dash-first", "x" * 65, "naïve", "a:b")
     ),
     (
+        "one token for two names",
+        _set("api.tokens.1.sha256", SHA_A),
+        "api.tokens[1].sha256: the same token as api.tokens[0]; give each name its own token",
+    ),
+    (
         "duplicate token name",
         _set("api.tokens.1.name", "release-bot"),
         "api.tokens[1].name: duplicate token name 'release-bot' (also api.tokens[0])",

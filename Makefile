@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # binary:package pairs of the real servers the demo and the tests run (never mocked)
 SYSTEM_BINARIES := haproxy:haproxy socat:socat prometheus:prometheus named:bind9 \
-	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server
+	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server chromium:chromium
 FAIL ?= 0
 
 .PHONY: demo test test-long bench lint system-deps venv clean

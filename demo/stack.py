@@ -31,6 +31,7 @@ __all__ = [
     "DemoApp",
     "HAProxy",
     "HAProxyStack",
+    "LoadLoop",
     "MissingBinary",
     "Response",
     "free_port",
@@ -162,6 +163,49 @@ async def split(
 
     await asyncio.gather(*(worker() for _ in range(conc)))
     return counts
+
+
+class LoadLoop:
+    """Steady, bounded background traffic through a port: ``rate`` requests per second from
+    ``conc`` workers (new connection each), counted like :func:`split`, until :meth:`stop`.
+
+    What a service sees in production while a cutover runs: Prometheus has rates to compute
+    and a rollback has live requests to (not) break."""
+
+    def __init__(self, port: int, *, rate: float = 50.0, conc: int = 8) -> None:
+        self.port = port
+        self.rate = rate
+        self.conc = conc
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._next = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> LoadLoop:
+        self._next = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"load-{self.port}-{i}")
+            for i in range(self.conc)
+        ]
+        return self
+
+    async def stop(self) -> collections.Counter[str]:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        return self.counts
+
+    async def _worker(self) -> None:
+        while True:
+            slot, self._next = self._next, max(self._next, time.monotonic()) + 1.0 / self.rate
+            await asyncio.sleep(max(0.0, slot - time.monotonic()))
+            try:
+                r = await http_request(self.port, "/", within=5.0)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                self.counts["error"] += 1
+                continue
+            color = r.headers.get("x-color") or "none"
+            self.counts[color if r.status == 200 else f"{color}:{r.status}"] += 1
 
 
 # --- processes --------------------------------------------------------------------------------

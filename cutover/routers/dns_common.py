@@ -6,8 +6,10 @@
 * :func:`load_secret` reads a TSIG secret or API key from a file or an environment variable
   when a router first needs it (preflight), so a missing secret refuses the start instead of
   breaking the daemon's config load. A secret never enters a message, a log or a ``repr``:
-  errors name the file or variable, never its content. (``dns.tsig.Key``'s own ``repr``
-  prints the secret, so routers keep the key private and never format it.)
+  errors name the file or variable, never its content, and every loaded secret is registered
+  with the log redactor (:func:`cutover.observability.logging.register_secret`).
+  (``dns.tsig.Key``'s own ``repr`` prints the secret, so routers keep the key private and
+  never format it.)
 * :func:`exchange` sends one DNS message with a timeout and translates dnspython's and the
   socket's exceptions into :class:`~cutover.errors.TransientError` /
   :class:`~cutover.errors.PermanentError` (recipes/dns-servers.md has the observed table):
@@ -36,6 +38,7 @@ import dns.tsig
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cutover.errors import AdapterError, PermanentError, TransientError
+from cutover.observability.logging import register_secret
 from cutover.routers.base import RouterSpecBase
 from cutover.routers.dns_split import canonical_address, family_mismatch
 from cutover.specs import Duration
@@ -105,7 +108,8 @@ def parse_server(value: str, *, default_port: int = 53) -> ServerAddress:
 
 
 def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> str:
-    """The secret from ``file`` (stripped) or the environment variable ``env``.
+    """The secret from ``file`` (stripped) or the environment variable ``env``, registered
+    with the log redactor so no log line can carry it.
 
     Raises :class:`PermanentError` naming the file or variable (never the content) when it
     cannot be read or is empty. A small file read at preflight: not worth a thread. Errors
@@ -120,11 +124,13 @@ def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> st
             raise PermanentError(f"{who}: the {what} file {file} is not UTF-8 text") from None
         if not text:
             raise PermanentError(f"{who}: the {what} file {file} is empty")
+        register_secret(text)
         return text
     if env is not None:
         text = os.environ.get(env, "").strip()
         if not text:
             raise PermanentError(f"{who}: the environment variable {env} ({what}) is not set")
+        register_secret(text)
         return text
     raise PermanentError(f"{who}: no {what} configured")
 
@@ -145,6 +151,9 @@ def tsig_key(
         ) from None
     if not raw:
         raise PermanentError(f"{who}: the TSIG secret in {source} is empty")
+    # the form dns.tsig.Key's repr prints, and the one inside a BIND key file
+    register_secret(base64.b64encode(raw).decode())
+    register_secret(text)
     return dns.tsig.Key(name, raw, _ALGORITHMS[algorithm])
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 import pytest
+import structlog
 from pydantic import ValidationError
 
 from cutover.config import load_config
 from cutover.errors import AdapterError, PermanentError, TransientError
+from cutover.observability.logging import configure_logging
 from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec, lua_content
 from cutover.routers.rfc2136 import Rfc2136Router, Rfc2136Spec
 from demo.dnsservers import Bind, PowerDNS, find_binary, free_dns_port, new_tsig_key
@@ -704,3 +707,43 @@ async def test_powerdns_dns_readback_catches_a_lua_record_that_fails(
     await pdns_router.apply(0)  # a rollback repairs it
     reading = await pdns_router.observe()
     assert reading.state == pdns_router.expected(0) and reading.share == 0.0
+
+
+# --- secrets in the daemon's logs ---------------------------------------------------------------
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The daemon's logging set-up, writing into a buffer (restored afterwards)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    configure_logging("debug", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_loaded_secrets_are_masked_in_the_daemons_logs(
+    bind_server: Bind, pdns_server: PowerDNS, tmp_path: Path, json_logs: io.StringIO
+) -> None:
+    # the TSIG secret from a BIND key file: both the file's text and the key's base64 count
+    tsig = {"name": "cutover-key.", "secret_file": str(bind_server.workdir / "tsig.key")}
+    await rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green").preflight()
+    pdns = pdns_spec(pdns_server, write_secret(tmp_path, pdns_server.api_key, "pdns.key"))
+    router = pdns.build(new="green")
+    try:
+        await router.preflight()
+    finally:
+        await router.aclose()
+    key = dns.tsig.Key(bind_server.key.name, bind_server.key.secret, dns.tsig.HMAC_SHA256)
+    log = structlog.get_logger()
+    log.info("careless", what=f"{key!r} {pdns_server.api_key}")  # repr(Key) shows the secret
+    try:
+        raise ValueError(f"bad {bind_server.key.secret}")
+    except ValueError:
+        log.exception("update failed")
+    logs = json_logs.getvalue()
+    assert bind_server.key.secret not in logs and pdns_server.api_key not in logs, logs
+    assert logs.count("[redacted]") >= 3

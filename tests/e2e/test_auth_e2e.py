@@ -25,7 +25,7 @@ from tests.unit.test_auth import OPERATOR, TOKENS, VIEWER
 GATED = [{"weight": 50, "hold": "500ms", "approval": True}, {"weight": 100, "hold": "500ms"}]
 
 
-async def _start_tls_daemon(e2e: E2E, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+async def _start_tls_daemon(e2e: E2E, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given the daemon with tokens and TLS; the CLI and ``e2e.api`` trust the test CA."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -57,7 +57,7 @@ async def _start_tls_daemon(e2e: E2E, monkeypatch: pytest.MonkeyPatch) -> ssl.SS
     while time.monotonic() < deadline:
         try:
             if (await e2e.api("GET", "/readyz"))[0] == 200:
-                return context
+                return
         except OSError:
             pass
         await asyncio.sleep(0.1)

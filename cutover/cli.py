@@ -29,6 +29,7 @@ from cutover.config import TOKEN_NAME, Config, TokenSpec, load_config
 from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
 from cutover.specs import parse_duration
+from cutover.watch import follow, watch_services
 
 __all__ = ["main"]
 
@@ -363,24 +364,13 @@ async def _current(client: Client, service: str) -> dict[str, Any]:
 
 
 async def _follow(client: Client, cutover_id: str, limit: float | None) -> int:
-    deadline = None if limit is None else time.monotonic() + limit
-    seen = 0
-    while True:
-        c = await client.call("GET", f"/v1/cutovers/{cutover_id}")
-        for e in c.get("events", []):
-            if e["seq"] > seen:
-                print(render_events([e]), flush=True)
-                seen = e["seq"]
-        if c["state"] in TERMINAL_EXIT:
-            print(render_cutover(c), flush=True)
-            return TERMINAL_EXIT[c["state"]]
-        if deadline is not None and time.monotonic() >= deadline:
-            print(render_cutover(c), flush=True)
-            print(
-                f"cutover: --timeout reached; {cutover_id} is still {c['state']}", file=sys.stderr
-            )
-            return EXIT_TIMEOUT
-        await asyncio.sleep(0.5)
+    """Redraw the cutover live (plain event lines when not on a terminal) until it ends or
+    ``limit`` seconds pass; the exit code says how it ended."""
+    c = await follow(lambda: client.call("GET", f"/v1/cutovers/{cutover_id}"), limit=limit)
+    if c["state"] in TERMINAL_EXIT:
+        return TERMINAL_EXIT[c["state"]]
+    print(f"cutover: --timeout reached; {cutover_id} is still {c['state']}", file=sys.stderr)
+    return EXIT_TIMEOUT
 
 
 async def cmd_start(args: argparse.Namespace, client: Client) -> int:
@@ -392,6 +382,11 @@ async def cmd_start(args: argparse.Namespace, client: Client) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    if args.watch and not args.json:
+        if args.service:
+            await _follow(client, (await _current(client, args.service))["id"], None)
+            return EXIT_OK
+        await watch_services(lambda: client.call("GET", "/v1/services"))
     while True:
         if args.service:
             c = await _current(client, args.service)

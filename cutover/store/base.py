@@ -9,7 +9,7 @@ replicated store arrives (recipes/state-and-ha.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cutover.core.model import Cutover, Event
 
@@ -57,3 +57,24 @@ class StateStore(ABC):
     @abstractmethod
     async def events(self, cutover_id: str, after_seq: int = 0) -> list[Event]:
         """The journal of one cutover, oldest first, with ``seq`` > ``after_seq``."""
+
+    # --- delivery cursors (cutover.notify) ----------------------------------------------------
+    # A notifier (one webhook) sends journal events at least once. Its cursor is kept per
+    # cutover: every event of that cutover up to the cursor's ``seq`` was acknowledged (or is of
+    # a kind it does not send). The journal itself stays about cutovers only.
+
+    @abstractmethod
+    async def register_notifier(self, notifier: str) -> bool:
+        """Give ``notifier`` cursors if it has none yet, at the end of every cutover's journal
+        (a webhook added to the config is not sent the past). Returns True when it was new."""
+
+    @abstractmethod
+    async def undelivered(self, notifier: str, limit: int = 100) -> list[tuple[str, Event]]:
+        """Up to ``limit`` events past the cursors of a registered ``notifier`` as
+        ``(cutover id, event)``: cutover by cutover (oldest first), each in ``seq`` order.
+        Nothing for a notifier that was never registered."""
+
+    @abstractmethod
+    async def acknowledge(self, notifier: str, cursors: Mapping[str, int]) -> None:
+        """Move ``notifier``'s cursor of each cutover id to its ``seq`` (never backwards),
+        in one transaction."""

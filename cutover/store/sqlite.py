@@ -38,7 +38,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -50,7 +50,9 @@ from cutover.store.base import StateStore
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 #: Version of the table layout, kept in ``meta``; a newer file is refused, not misread.
-SCHEMA_VERSION = 1
+#: 2 added ``notifiers`` and ``deliveries`` (webhook delivery cursors); a version-1 file gets
+#: them at its first open by this daemon (every table is ``CREATE … IF NOT EXISTS``).
+SCHEMA_VERSION = 2
 
 _T = TypeVar("_T")
 
@@ -83,6 +85,15 @@ CREATE TABLE IF NOT EXISTS events (
     message    TEXT NOT NULL,
     data       TEXT NOT NULL,
     PRIMARY KEY (cutover_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notifiers (
+    notifier TEXT PRIMARY KEY
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+    notifier   TEXT NOT NULL REFERENCES notifiers (notifier),
+    cutover_id TEXT NOT NULL REFERENCES cutovers (id),
+    seq        INTEGER NOT NULL,
+    PRIMARY KEY (notifier, cutover_id)
 ) WITHOUT ROWID;
 """
 
@@ -235,6 +246,11 @@ class SqliteStore(StateStore):
                 raise StoreError(
                     f"state store {self.path} has schema version {row[0]}, newer than this "
                     f"daemon's {SCHEMA_VERSION}; run the newer daemon or another file"
+                )
+            elif int(row[0]) < SCHEMA_VERSION:  # the new tables were created just above
+                con.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
                 )
             con.execute("COMMIT")
         except BaseException:
@@ -403,19 +419,57 @@ class SqliteStore(StateStore):
                 )
                 .fetchall()
             )
-            out = []
-            for seq, kind, at, message, data in rows:
-                try:
-                    parsed = json.loads(data)
-                except ValueError as exc:
-                    raise StoreError(
-                        f"state store {self.path}: event {seq} of cutover {cutover_id} "
-                        f"is unreadable: {exc}"
-                    ) from exc
-                out.append(Event(kind=kind, message=message, at=at, data=parsed, seq=seq))
-            return out
+            return [self._event(cutover_id, *row) for row in rows]
 
         return await self._call(q)
+
+    # --- delivery cursors --------------------------------------------------------------------
+
+    async def register_notifier(self, notifier: str) -> bool:
+        def tx(con: sqlite3.Connection) -> bool:
+            if con.execute("SELECT 1 FROM notifiers WHERE notifier = ?", (notifier,)).fetchone():
+                return False
+            con.execute("INSERT INTO notifiers (notifier) VALUES (?)", (notifier,))
+            con.execute(
+                "INSERT INTO deliveries (notifier, cutover_id, seq) "
+                "SELECT ?, cutover_id, MAX(seq) FROM events GROUP BY cutover_id",
+                (notifier,),
+            )
+            return True
+
+        return await self._call(lambda: self._write(tx))
+
+    async def undelivered(self, notifier: str, limit: int = 100) -> list[tuple[str, Event]]:
+        def q() -> list[tuple[str, Event]]:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT e.cutover_id, e.seq, e.kind, e.at, e.message, e.data "
+                    "FROM notifiers n JOIN cutovers c "
+                    "LEFT JOIN deliveries d ON d.notifier = n.notifier AND d.cutover_id = c.id "
+                    "JOIN events e ON e.cutover_id = c.id AND e.seq > COALESCE(d.seq, 0) "
+                    "WHERE n.notifier = ? "
+                    "ORDER BY c.created_at, c.rowid, e.seq LIMIT ?",
+                    (notifier, limit),
+                )
+                .fetchall()
+            )
+            return [(row[0], self._event(row[0], *row[1:])) for row in rows]
+
+        return await self._call(q)
+
+    async def acknowledge(self, notifier: str, cursors: Mapping[str, int]) -> None:
+        rows = [(notifier, cutover_id, seq) for cutover_id, seq in cursors.items()]
+
+        def tx(con: sqlite3.Connection) -> None:
+            con.executemany(
+                "INSERT INTO deliveries (notifier, cutover_id, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (notifier, cutover_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                rows,
+            )
+
+        if rows:
+            await self._call(lambda: self._write(tx))
 
     async def _query(self, sql: str, params: tuple[Any, ...]) -> list[Cutover]:
         def q() -> list[Cutover]:
@@ -423,6 +477,17 @@ class SqliteStore(StateStore):
             return [self._load(row) for row in rows]
 
         return await self._call(q)
+
+    def _event(
+        self, cutover_id: str, seq: int, kind: str, at: float, message: str, data: str
+    ) -> Event:
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:
+            raise StoreError(
+                f"state store {self.path}: event {seq} of cutover {cutover_id} is unreadable: {exc}"
+            ) from exc
+        return Event(kind=kind, message=message, at=at, data=parsed, seq=seq)
 
     def _load(self, row: tuple[Any, ...]) -> Cutover:
         cutover_id, revision, body = row

@@ -27,7 +27,7 @@ from cutover.core.model import (
     Verdict,
 )
 from cutover.errors import ConflictError, StaleRevisionError, StoreError
-from cutover.store.sqlite import SqliteStore
+from cutover.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 
 def make_cutover(cid: str = "c1", service: str = "shop", created_at: float = 1000.0) -> Cutover:
@@ -318,7 +318,9 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
         await s.aclose()
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
     con.close()
 
 
@@ -358,3 +360,82 @@ async def test_event_data_that_is_not_json_is_refused_before_writing(store: Sqli
     with pytest.raises(StoreError, match="not JSON"):
         await store.create(make_cutover(), [bad])
     assert await store.get("c1") is None
+
+
+# --- webhook delivery cursors ---------------------------------------------------------------
+
+
+async def test_a_new_notifier_starts_at_the_end_of_every_journal(store: SqliteStore) -> None:
+    a = await store.create(make_cutover("a", "shop"), [ev("started", 0), ev("stage", 1)])
+    assert await store.register_notifier("hook") is True
+    assert await store.register_notifier("hook") is False  # a restart keeps its cursors
+    assert await store.undelivered("hook") == []  # the past is not sent to a new webhook
+    await store.save(a, [ev("completed", 2)])
+    await store.create(make_cutover("b", "cart", created_at=2000.0), [ev("started", 0)])
+    pending = await store.undelivered("hook")
+    assert [(cid, e.seq, e.kind) for cid, e in pending] == [
+        ("a", 3, "completed"),
+        ("b", 1, "started"),
+    ]
+    assert pending[0][1].data == {"n": 2, "list": [1, "x"]}
+    assert await store.undelivered("never-registered") == []
+
+
+async def test_acknowledge_moves_each_cursor_forward_only(store: SqliteStore) -> None:
+    await store.register_notifier("hook")
+    await store.register_notifier("other")
+    await store.create(make_cutover("a", "shop"), [ev("e", n) for n in range(4)])
+    await store.create(make_cutover("b", "cart", created_at=2000.0), [ev("e", 0), ev("e", 1)])
+    await store.acknowledge("hook", {"a": 3, "b": 1})
+    await store.acknowledge("hook", {"a": 1})  # a late, older ack never moves a cursor back
+    await store.acknowledge("hook", {})
+    assert [(cid, e.seq) for cid, e in await store.undelivered("hook")] == [("a", 4), ("b", 2)]
+    assert len(await store.undelivered("other")) == 6  # cursors are per notifier
+    assert [e.seq for _, e in await store.undelivered("other", limit=2)] == [1, 2]
+
+
+async def test_delivery_cursors_survive_a_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    s = SqliteStore(path=path)
+    await s.open()
+    try:
+        await s.register_notifier("hook")
+        await s.create(make_cutover(), [ev("started"), ev("stage", 1)])
+        await s.acknowledge("hook", {"c1": 1})
+    finally:
+        await s.aclose()
+    s = SqliteStore(path=path)
+    await s.open()
+    try:
+        assert await s.register_notifier("hook") is False
+        assert [e.kind for _, e in await s.undelivered("hook")] == ["stage"]
+    finally:
+        await s.aclose()
+
+
+async def test_a_version_1_file_is_migrated_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    s = SqliteStore(path=str(path))
+    await s.open()
+    try:
+        await s.create(make_cutover(), [ev("started")])
+    finally:
+        await s.aclose()
+    with sqlite3.connect(path) as con:  # what a version-1 daemon left behind
+        con.execute("DROP TABLE deliveries")
+        con.execute("DROP TABLE notifiers")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+
+    s = SqliteStore(path=str(path))
+    await s.open()
+    try:
+        assert [e.kind for e in await s.events("c1")] == ["started"]
+        assert await s.register_notifier("hook") is True
+        assert await s.undelivered("hook") == []
+    finally:
+        await s.aclose()
+    with sqlite3.connect(path) as con:
+        version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    con.close()
+    assert version == (str(SCHEMA_VERSION),) == ("2",)

@@ -28,6 +28,7 @@ from cutover import __version__
 from cutover.config import TOKEN_NAME, Config, TokenSpec, load_config
 from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
+from cutover.routers.base import AddressShare
 from cutover.specs import parse_duration
 from cutover.watch import follow, watch_services
 
@@ -236,7 +237,7 @@ def _whoami() -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}%"
+    return "-" if value is None else f"{round(value, 1):g}%"
 
 
 def render_cutover(c: dict[str, Any]) -> str:
@@ -320,14 +321,18 @@ async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
     plan = spec.plan()
     print(f"plan for {args.service}: {live} -> {new} (live {source}); changes nothing")
     routers = {r.name: r.build(new=new) for r in spec.routers}
-    readable = {}
+    # a DNS router's records follow from the config alone; a load balancer's weights depend
+    # on its own server configuration, which only a read shows
+    dns = {r.name for r in spec.routers if r.ttl is not None}
+    readable = {name: router for name, router in routers.items() if name in dns}
     for name, router in routers.items():
-        try:  # a read only: the router's own configuration decides the weights
+        try:  # a read only
             reading = await router.observe()
             readable[name] = router
-            print(f"router {name} now: {reading.share}% {new} ({reading.detail})")
+            print(f"router {name} now: {_pct(reading.share)} {new} ({reading.detail})")
         except CutoverError as exc:
-            print(f"router {name}: cannot read it ({exc}); its settings are not shown")
+            shown = "" if name in dns else "; its settings are not shown"
+            print(f"router {name}: cannot read it ({exc}){shown}")
         finally:
             await router.aclose()
     for i, stage in enumerate(plan.stages):
@@ -335,6 +340,8 @@ async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
         print(f"stage {i + 1}: {stage.weight}% {new}, hold {stage.hold:g}s{gate}")
         for name, router in readable.items():
             state = ", ".join(f"{k}={v}" for k, v in router.expected(stage.weight).items())
+            if isinstance(router, AddressShare):
+                state += f" (address share {_pct(router.address_share(stage.weight))})"
             print(f"  {name}: {state}")
     for r in spec.routers:
         if r.ttl is not None:

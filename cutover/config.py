@@ -420,8 +420,19 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         n.model_copy(update={"token_file": resolve(n.token_file)}) if n.token_file else n
         for n in config.notify
     ]
+    services = {
+        name: service.model_copy(
+            update={"routers": [r.resolve_paths(resolve) for r in service.routers]}
+        )
+        for name, service in config.services.items()
+    }
     return config.model_copy(
-        update={"state": state, "api": config.api.model_copy(update={"tls": tls}), "notify": notify}
+        update={
+            "state": state,
+            "api": config.api.model_copy(update={"tls": tls}),
+            "notify": notify,
+            "services": services,
+        }
     )
 
 

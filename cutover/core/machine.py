@@ -14,7 +14,7 @@ the engine measures on a monotonic clock, so a wall-clock jump never shortens a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cutover.core import analysis
@@ -70,6 +70,10 @@ class ShiftApplied:
 
     share: int
     states: dict[str, dict[str, str]]
+    # what each router's read-back says: effective share (a DNS router's address share may
+    # differ from the asked one) and its note; missing routers read as the asked share
+    observed: dict[str, float | None] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +88,7 @@ class ShiftFailed:
 @dataclass(frozen=True, kw_only=True)
 class RollbackVerified:
     states: dict[str, dict[str, str]]
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +97,7 @@ class RouterRolledBack:
 
     router: str
     state: dict[str, str]
+    detail: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,7 +392,8 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
             r,
             written=e.share,
             written_state=e.states.get(r.name, r.written_state),
-            observed=float(e.share),
+            observed=e.observed.get(r.name, float(e.share)),
+            detail=e.details.get(r.name, r.detail),
             drift=False,
             error="",
             written_at=now,
@@ -427,6 +434,7 @@ def _on_router_rolled_back(c: Cutover, e: RouterRolledBack, now: float) -> Step:
         written=0,
         written_state=e.state,
         observed=0.0,
+        detail=e.detail,
         verified=True,
         drift=False,
         error="",
@@ -451,6 +459,7 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
             written=0,
             written_state=e.states.get(r.name, r.written_state),
             observed=0.0,
+            detail=e.details.get(r.name, r.detail),
             verified=True,
             drift=False,
             error="",
@@ -552,10 +561,10 @@ def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
     if r.drift:
         return Step(cutover=c.with_router(r))  # already reported and handled
     c = c.with_router(replace(r, drift=True))
-    seen = "unknown" if e.share is None else f"{e.share:g}%"
+    seen = "an unknown share" if e.share is None else f"{round(e.share, 1):g}%"
     what = (
-        f"router {e.router} reads {seen} {c.to_color}, not what the daemon last wrote "
-        f"({r.written}%)"
+        f"router {e.router} holds something the daemon did not write (it last wrote "
+        f"{r.written}%; it now reads {seen} {c.to_color})"
     )
     drift = Step(
         cutover=c,

@@ -281,20 +281,32 @@ class Runner:
                     )
                 )
         else:
-            states = {o.router: dict(o.reading.state) for o in outcomes if o.reading is not None}
-            await self._inbox.put((ShiftApplied(share=action.share, states=states), None))
+            read = {o.router: o.reading for o in outcomes if o.reading is not None}
+            applied = ShiftApplied(
+                share=action.share,
+                states={name: dict(r.state) for name, r in read.items()},
+                observed={name: r.share for name, r in read.items()},
+                details={name: r.detail for name, r in read.items()},
+            )
+            await self._inbox.put((applied, None))
 
     async def _rollback(self) -> None:
         pending = dict(self._routers)
         states: dict[str, dict[str, str]] = {}
+        details: dict[str, str] = {}
         delay = 0.1
         while pending:
             progress: list[RouterRolledBack] = []
             for o in await rollback_once(pending, self._clock, self._metrics):
                 if o.result == "applied" and o.reading is not None:
                     states[o.router] = dict(o.reading.state)
+                    details[o.router] = o.reading.detail
                     del pending[o.router]
-                    progress.append(RouterRolledBack(router=o.router, state=states[o.router]))
+                    progress.append(
+                        RouterRolledBack(
+                            router=o.router, state=states[o.router], detail=o.reading.detail
+                        )
+                    )
                 else:
                     self._log.warning("rollback not verified yet", router=o.router, error=o.error)
                     await self._inbox.put((Observed(router=o.router, error=o.error), None))
@@ -304,7 +316,7 @@ class Runner:
                 await self._inbox.put((done, None))
             await self._clock.sleep(delay)
             delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
-        await self._inbox.put((RollbackVerified(states=states), None))
+        await self._inbox.put((RollbackVerified(states=states, details=details), None))
 
     # --- background feeders -----------------------------------------------------------------
 

@@ -11,16 +11,16 @@ health check changes the effective share, yet nobody changed what we wrote, so t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self, runtime_checkable
 
 from pydantic import Field
 
 from cutover.core.model import Color
 from cutover.specs import Spec
 
-__all__ = ["Reading", "Router", "RouterSpecBase", "RouterState"]
+__all__ = ["AddressShare", "Reading", "Router", "RouterSpecBase", "RouterState"]
 
 #: What a router holds, as plain JSON-able data: e.g. ``{"green1": "w50", "blue1": "maint"}``.
 RouterState = Mapping[str, str]
@@ -81,6 +81,16 @@ class Router(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class AddressShare(Protocol):
+    """A router whose traffic share is a share of published addresses (plain DNS), which only
+    approximates the asked share: ``plan`` and ``status`` show both."""
+
+    def address_share(self, share: int) -> float:
+        """The new color's share of the addresses published for ``share`` (pure)."""
+        ...
+
+
 class RouterSpecBase(Spec):
     """Fields every router has. ``blue``/``green`` list what each color is made of
     (servers for a load balancer, addresses for DNS)."""
@@ -94,6 +104,11 @@ class RouterSpecBase(Spec):
     def ttl(self) -> int | None:
         """The published TTL of a DNS router; ``None`` for load balancers."""
         return None
+
+    def resolve_paths(self, resolve: Callable[[str], str]) -> Self:
+        """This spec with its file paths made absolute by ``resolve`` (against the config
+        file's directory); a router without file paths returns itself."""
+        return self
 
     def claims(self) -> set[str]:
         """Things only one service may drive (a backend server, a DNS record), as keys."""

@@ -61,9 +61,9 @@ import asyncio
 import contextlib
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import field_validator, model_validator
 
@@ -174,6 +174,13 @@ class HAProxySpec(RouterSpecBase):
         if both:
             raise ValueError(f"server(s) in both blue and green: {', '.join(both)}")
         return self
+
+    def resolve_paths(self, resolve: Callable[[str], str]) -> Self:
+        if not self.runtime_api.startswith("unix:"):
+            return self
+        return self.model_copy(
+            update={"runtime_api": "unix:" + resolve(self.runtime_api.removeprefix("unix:"))}
+        )
 
     def claims(self) -> set[str]:
         return {

@@ -36,11 +36,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -123,6 +123,11 @@ class PowerDNSSpec(DnsSpecBase):
     api_key_env: str | None = Field(default=None, min_length=1)
     server_id: str = "localhost"
     dns_server: str | None = None
+
+    def resolve_paths(self, resolve: Callable[[str], str]) -> Self:
+        if self.api_key_file is None:
+            return self
+        return self.model_copy(update={"api_key_file": resolve(self.api_key_file)})
 
     @field_validator("api_url")
     @classmethod

@@ -36,8 +36,9 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import dns.flags
 import dns.message
@@ -111,6 +112,12 @@ class Rfc2136Spec(DnsSpecBase):
     type: Literal["rfc2136"]
     server: str
     tsig: TsigSpec
+
+    def resolve_paths(self, resolve: Callable[[str], str]) -> Self:
+        if self.tsig.secret_file is None:
+            return self
+        tsig = self.tsig.model_copy(update={"secret_file": resolve(self.tsig.secret_file)})
+        return self.model_copy(update={"tsig": tsig})
 
     @field_validator("server")
     @classmethod

@@ -23,6 +23,7 @@ from cutover.errors import ConfigError, NotFoundError
 from cutover.routers.base import RouterSpecBase
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "cutover.example.yaml"
+ROOT = Path(__file__).resolve().parents[2]
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -623,6 +624,23 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
     data["state"]["sqlite"] = "/abs/c.db"
     path.write_text(yaml.safe_dump(data))
     assert load_config(path).state.sqlite == "/abs/c.db"
+
+
+def test_router_secret_and_socket_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
+    config = load_config(ROOT / "config" / "dns.example.yaml")
+    routers = {r.name: r for s in config.services.values() for r in s.routers}
+    # absolute paths stay as they are ...
+    assert routers["edge"].runtime_api == "unix:/run/haproxy/admin.sock"  # type: ignore[attr-defined]
+    # ... relative ones resolve against the config file's directory, not the daemon's cwd
+    data = yaml.safe_load((ROOT / "config" / "dns.example.yaml").read_text())
+    service = data["services"]["checkout"]
+    service["routers"][0]["runtime_api"] = "unix:run/admin.sock"
+    service["routers"][1]["tsig"]["secret_file"] = "keys/tsig.secret"
+    path = tmp_path / "cutover.yaml"
+    path.write_text(yaml.safe_dump(data))
+    edge, dns = load_config(path).services["checkout"].routers
+    assert edge.runtime_api == f"unix:{tmp_path}/run/admin.sock"  # type: ignore[attr-defined]
+    assert dns.tsig.secret_file == str(tmp_path / "keys" / "tsig.secret")  # type: ignore[attr-defined]
 
 
 # --- DNS TTL rules (no DNS router is registered yet: checked on a hand-built service) --------

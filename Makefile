@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 SYSTEM_BINARIES := haproxy:haproxy socat:socat prometheus:prometheus named:bind9 \
 	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server chromium:chromium
 FAIL ?= 0
+QUICK ?= 0
 
 .PHONY: demo test test-long bench lint system-deps venv clean
 
@@ -47,6 +48,11 @@ test: system-deps venv lint
 
 test-long: system-deps venv
 	$(VENV)/bin/pytest -q -m long
+
+# Benchmarks print tables (never timed tests); QUICK=1 is the small smoke size CI runs.
+bench: system-deps venv
+	$(PY) benchmarks/breach_rollback.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/dns_stage.py $(if $(filter 1,$(QUICK)),--quick,)
 
 demo: system-deps venv
 	$(PY) demo/run.py $(if $(filter 1,$(FAIL)),--fail,)

@@ -20,6 +20,7 @@ from cutover.config import Config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.errors import CutoverError
+from cutover.notify import Notifier
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 
@@ -34,7 +35,14 @@ async def run_daemon(config: Config) -> None:
     store = SqliteStore(path=config.state.sqlite)
     await store.open()
     metrics = Metrics()
-    supervisor = Supervisor(config=config, store=store, clock=SystemClock(), metrics=metrics)
+    notifier = Notifier(specs=config.notify, store=store, metrics=metrics)
+    supervisor = Supervisor(
+        config=config,
+        store=store,
+        clock=SystemClock(),
+        metrics=metrics,
+        listeners=(notifier.wake,),
+    )
     runner = web.AppRunner(
         make_app(supervisor=supervisor, store=store, metrics=metrics), access_log=None
     )
@@ -42,6 +50,7 @@ async def run_daemon(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lag = asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag")
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, shutdown_timeout=2.0, ssl_context=ssl_context)
@@ -52,6 +61,7 @@ async def run_daemon(config: Config) -> None:
             raise CutoverError(
                 f"api.listen: cannot listen on {config.api.listen}: {reason}"
             ) from None
+        await notifier.start()  # before the runners: resends what the last run left owed
         await supervisor.start()
         log.info(
             "daemon ready",
@@ -64,6 +74,9 @@ async def run_daemon(config: Config) -> None:
         log.info("stopping: traffic is left as it is")
     finally:
         await supervisor.stop()
+        await notifier.stop()
+        lag.cancel()
+        await asyncio.gather(lag, return_exceptions=True)
         await runner.cleanup()
         await store.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Any, Literal, TypeVar
 
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
-from cutover.observability.metrics import Metrics
+from cutover.observability.metrics import RouterTimer
 from cutover.routers.base import Reading, Router, RouterState
 
-__all__ = ["CALL_TIMEOUT", "RouterOutcome", "rollback_once", "shift", "within"]
+__all__ = ["CALL_TIMEOUT", "RouterOutcome", "observe", "rollback_once", "shift", "within"]
 
 #: Bound on one router call during a rollback, on top of the adapter's own timeouts.
 CALL_TIMEOUT = 10.0
@@ -41,24 +41,14 @@ class RouterOutcome:
     error: str = ""
 
 
-class _Timer:
-    """Router operation latency, by router type and operation."""
-
-    def __init__(self, metrics: Metrics | None, router: Router, op: str) -> None:
-        self._metrics, self._router, self._op = metrics, router, op
-
-    def __enter__(self) -> None:
-        self._t0 = perf_counter()
-
-    def __exit__(self, *_: object) -> None:
-        if self._metrics is not None:
-            self._metrics.router_latency.labels(self._router.kind, self._op).observe(
-                perf_counter() - self._t0
-            )
+def _timed(timer: RouterTimer | None, router: Router, op: str) -> AbstractContextManager[None]:
+    """Router operation latency, by service, router and operation."""
+    return contextlib.nullcontext() if timer is None else timer.time(router.name, op)
 
 
-async def _observe(router: Router, metrics: Metrics | None) -> Reading:
-    with _Timer(metrics, router, "observe"):
+async def observe(router: Router, timer: RouterTimer | None) -> Reading:
+    """Read a router back, timed."""
+    with _timed(timer, router, "observe"):
         return await router.observe()
 
 
@@ -91,17 +81,17 @@ async def _shift_attempt(
     *,
     written_state: RouterState | None,
     force: bool,
-    metrics: Metrics | None,
+    timer: RouterTimer | None,
 ) -> RouterOutcome:
-    reading = await _observe(router, metrics)
+    reading = await observe(router, timer)
     target = router.expected(share)
     if dict(reading.state) == dict(target):
         return RouterOutcome(router=router.name, result="applied", reading=reading)
     if not force and dict(reading.state) != dict(written_state or {}):
         return RouterOutcome(router=router.name, result="drift", reading=reading)
-    with _Timer(metrics, router, "apply"):
+    with _timed(timer, router, "apply"):
         await router.apply(share)
-    reading = await _observe(router, metrics)
+    reading = await observe(router, timer)
     if dict(reading.state) != dict(target):
         raise TransientError(
             f"router {router.name}: read back {dict(reading.state)} after setting "
@@ -118,7 +108,7 @@ async def _shift_one(
     force: bool,
     apply_timeout: float,
     clock: Clock,
-    metrics: Metrics | None,
+    timer: RouterTimer | None,
 ) -> RouterOutcome:
     """Transient errors (and calls that hang) are retried with backoff until
     ``apply_timeout`` on ``clock``; permanent ones are not retried."""
@@ -126,7 +116,7 @@ async def _shift_one(
     delay = RETRY_FIRST
     while True:
         attempt = _shift_attempt(
-            router, share, written_state=written_state, force=force, metrics=metrics
+            router, share, written_state=written_state, force=force, timer=timer
         )
         try:
             return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt)
@@ -152,7 +142,7 @@ async def shift(
     force: bool,
     apply_timeout: float,
     clock: Clock,
-    metrics: Metrics | None = None,
+    timer: RouterTimer | None = None,
 ) -> list[RouterOutcome]:
     """Set every router to ``share`` concurrently; one outcome per router."""
     return list(
@@ -165,7 +155,7 @@ async def shift(
                     force=force,
                     apply_timeout=apply_timeout,
                     clock=clock,
-                    metrics=metrics,
+                    timer=timer,
                 )
                 for name, r in routers.items()
             )
@@ -173,15 +163,15 @@ async def shift(
     )
 
 
-async def _rollback_one(router: Router, clock: Clock, metrics: Metrics | None) -> RouterOutcome:
+async def _rollback_one(router: Router, clock: Clock, timer: RouterTimer | None) -> RouterOutcome:
     write_error = ""
     try:
-        with _Timer(metrics, router, "rollback"):
+        with _timed(timer, router, "rollback"):
             await within(clock, CALL_TIMEOUT, router.apply(0, evacuate=True))
     except AdapterError as exc:
         write_error = str(exc)
     try:
-        reading = await within(clock, CALL_TIMEOUT, _observe(router, metrics))
+        reading = await within(clock, CALL_TIMEOUT, observe(router, timer))
         # after the read: a router built after a restart learns its servers from it
         target = router.expected(0, evacuate=True)
     except AdapterError as exc:
@@ -197,7 +187,7 @@ async def _rollback_one(router: Router, clock: Clock, metrics: Metrics | None) -
 
 
 async def rollback_once(
-    routers: Mapping[str, Router], clock: Clock, metrics: Metrics | None = None
+    routers: Mapping[str, Router], clock: Clock, timer: RouterTimer | None = None
 ) -> list[RouterOutcome]:
     """One concurrent rollback attempt on the given routers."""
-    return list(await asyncio.gather(*(_rollback_one(r, clock, metrics) for r in routers.values())))
+    return list(await asyncio.gather(*(_rollback_one(r, clock, timer) for r in routers.values())))

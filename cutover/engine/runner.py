@@ -36,7 +36,7 @@ from cutover.core.machine import (
     Tick,
 )
 from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict
-from cutover.engine.actuation import CALL_TIMEOUT, rollback_once, shift, within
+from cutover.engine.actuation import CALL_TIMEOUT, observe, rollback_once, shift, within
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, ConflictError, StoreError
 from cutover.observability.metrics import Metrics
@@ -86,6 +86,7 @@ class Runner:
         self._store = store
         self._clock = clock
         self._metrics = metrics
+        self._router_timer = metrics.router_timer(cutover.service) if metrics else None
         self._on_change = on_change
         self._tick = tick
         self._inbox: asyncio.Queue[tuple[_Item, asyncio.Future[Step] | None]] = asyncio.Queue()
@@ -254,7 +255,7 @@ class Runner:
             force=action.force,
             apply_timeout=c.plan.apply_timeout,
             clock=self._clock,
-            metrics=self._metrics,
+            timer=self._router_timer,
         )
         failed = [o for o in outcomes if o.result == "failed"]
         drifted = [o for o in outcomes if o.result == "drift"]
@@ -297,7 +298,7 @@ class Runner:
         delay = 0.1
         while pending:
             progress: list[RouterRolledBack] = []
-            for o in await rollback_once(pending, self._clock, self._metrics):
+            for o in await rollback_once(pending, self._clock, self._router_timer):
                 if o.result == "applied" and o.reading is not None:
                     states[o.router] = dict(o.reading.state)
                     details[o.router] = o.reading.detail
@@ -335,7 +336,7 @@ class Runner:
             for name, router in self._routers.items():
                 try:
                     reading: Reading | None = await within(
-                        self._clock, CALL_TIMEOUT, router.observe()
+                        self._clock, CALL_TIMEOUT, observe(router, self._router_timer)
                     )
                     error = ""
                 except AdapterError as exc:

@@ -64,7 +64,9 @@ class SLO:
         """Prometheus's first rate() needs two scrapes in the window (~6.5 s after start)."""
         await self.prometheus.wait_for_data(ERROR_RATIO.format(color="blue"), within=30.0)
 
-    async def set_green(self, *, error_rate: float | None = None, latency: float | None = None) -> None:
+    async def set_green(
+        self, *, error_rate: float | None = None, latency: float | None = None
+    ) -> None:
         for name in self.e2e.stack.green:
             app = self.e2e.stack.apps[name]
             if error_rate is not None:

@@ -1135,8 +1135,8 @@ def test_drift_pause_is_reported_once() -> None:
     assert c.status is PAUSED
     assert kinds(s) == ("drift", "paused")
     assert s.events[0].data == {"router": "dns", "observed": 30.0, "policy": "pause"}
-    assert "router dns reads 30% green" in s.events[0].message
-    assert "(10%)" in s.events[0].message
+    assert "it now reads 30% green" in s.events[0].message
+    assert "it last wrote 10%" in s.events[0].message
     r = c.router("dns")
     assert (r.drift, r.observed, r.detail) == (True, 30.0, "3 of 10")
     assert not c.router("edge").drift
@@ -1155,7 +1155,9 @@ def test_drift_rollback() -> None:
     assert s.cutover.status is ROLLING_BACK
     assert s.actions == (Rollback(),)
     assert kinds(s) == ("drift", "rollback_started")
-    assert (s.cutover.reason or "").startswith("drift: router edge reads 0% green")
+    assert (s.cutover.reason or "").startswith(
+        "drift: router edge holds something the daemon did not write"
+    )
 
 
 @pytest.mark.parametrize(

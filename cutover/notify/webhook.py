@@ -27,6 +27,7 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from cutover.config import NotifySpec
+from cutover.observability.logging import register_secret
 from cutover.observability.metrics import Metrics
 
 __all__ = ["DeliveryError", "RetryPolicy", "Webhook"]
@@ -97,6 +98,7 @@ class Webhook:
         if not token:
             where = self.spec.token_file or f"${self.spec.token_env}"
             raise self._failed(f"the token in {where} is empty", retryable=False)
+        register_secret(token)  # the log redactor masks it wherever it might appear
         return token
 
     async def post(self, session: aiohttp.ClientSession, event_id: str, body: Any) -> None:

@@ -237,3 +237,19 @@ async def test_no_data_is_inconclusive_and_acts_after_exactly_the_limit(
     assert "2 inconclusive measurements in a row" in at_decision[0]["message"]
     assert len(counted) >= 2
     assert c["routers"][0]["desired"] == (0 if outcome == "rolled_back" else 10)
+
+
+async def test_a_promql_syntax_error_refuses_the_start_with_prometheus_message(slo: SLO) -> None:
+    broken = slo.error_ratio(query='sum(rate(http_requests_total{color="{{new}}"}[5s])')
+    slo.e2e.write_config(stages=STAGES, checks=[broken])
+    await slo.e2e.start_daemon()
+
+    status, body = await slo.e2e.api("POST", "/v1/services/checkout/cutovers")
+
+    assert status == 422, body
+    assert body["error"]["code"] == "preflight_failed"
+    assert "check new-error-ratio" in body["error"]["message"]
+    assert "parse error" in body["error"]["message"]
+    assert (await slo.green_answers())["green"] == 0  # nothing moved
+    _, svc = await slo.e2e.api("GET", "/v1/services/checkout")
+    assert svc["cutover"] is None

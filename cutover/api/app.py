@@ -1,9 +1,11 @@
 """The aiohttp application: routes, JSON errors, app state under typed ``web.AppKey``s.
 
 Every error leaves as ``{"error": {"code", "message"}}`` with a fitting 4xx; an unexpected
-exception is logged and answered 500 without a traceback. With ``api.tokens`` configured,
-``/v1`` needs a bearer token (:mod:`cutover.api.auth`) and an operator action is recorded with
-the token's name as its actor.
+exception is logged and answered 500 without a traceback. POSTs take no parameters: a body
+larger than :data:`MAX_BODY` is 413; whatever its content type, a body other than nothing,
+``{}`` or ``null`` is 400 (``bad_json`` when it does not parse, nested too deeply included).
+With ``api.tokens`` configured, ``/v1`` needs a bearer token (:mod:`cutover.api.auth`) and an
+operator action is recorded with the token's name as its actor.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cutover.errors import CutoverError, RequestError
 from cutover.observability.metrics import Metrics
 from cutover.store.base import StateStore
 
-__all__ = ["METRICS", "STORE", "SUPERVISOR", "make_app"]
+__all__ = ["MAX_BODY", "METRICS", "STORE", "SUPERVISOR", "make_app"]
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STORE = web.AppKey("store", StateStore)
@@ -35,6 +37,8 @@ METRICS = web.AppKey("metrics", Metrics)
 _ACTOR = re.compile(r"^[A-Za-z0-9@._:/+-]{1,64}$")
 _LIMIT = re.compile(r"[0-9]{1,3}")
 _ACTIONS = ("pause", "resume", "promote", "abort")
+#: Largest request body read (aiohttp's ``client_max_size``); no endpoint takes parameters.
+MAX_BODY = 64 * 1024
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -50,6 +54,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 413:  # raised by request.read() past client_max_size
+            return _error(413, "body_too_large", f"the request body exceeds {MAX_BODY} bytes")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return _error(exc.status, code, exc.reason)
     except CutoverError as exc:
@@ -86,7 +92,7 @@ async def _no_body(request: web.Request) -> None:
         return
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[… nested too deep
         raise RequestError("the request body must be JSON (or empty)", code="bad_json") from exc
     if body not in ({}, None):
         raise RequestError("this endpoint takes no parameters", code="unexpected_body")
@@ -184,7 +190,7 @@ async def openapi(_: web.Request) -> web.Response:
 def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> web.Application:
     tokens = TokenTable(supervisor.config.api.tokens)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(tokens)], client_max_size=64 * 1024
+        middlewares=[errors_middleware, auth_middleware(tokens)], client_max_size=MAX_BODY
     )
     app[SUPERVISOR] = supervisor
     app[STORE] = store

@@ -136,7 +136,10 @@ class Command:
 
 @dataclass(frozen=True, kw_only=True)
 class Restarted:
-    """The daemon started again and picked this cutover up."""
+    """The daemon started again and picked this cutover up; ``crash`` names the error when
+    it is the cutover's runner that crashed and was respawned inside a running daemon."""
+
+    crash: str = ""
 
 
 Input = (
@@ -585,18 +588,21 @@ def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
     return drift.then(_pause(c, now, f"drift: {what}"))
 
 
-def _on_restarted(c: Cutover, _: Restarted, now: float) -> Step:
+def _on_restarted(c: Cutover, e: Restarted, now: float) -> Step:
     window_start = now - c.plan.restart_window
     restarts = (*(t for t in c.restarts if t >= window_start), now)
     c = replace(c, restarts=restarts, checks=tuple(replace(s, latest=None) for s in c.checks))
+    what = f"runner crashed ({e.crash}) and was respawned" if e.crash else "daemon restarted"
+    crash = {"crash": e.crash} if e.crash else {}
     step = Step(
         cutover=c,
         events=(
             _event(
                 now,
                 "restarted",
-                f"daemon restarted; resuming {c.status.value} ({c.phase.value})",
+                f"{what}; resuming {c.status.value} ({c.phase.value})",
                 restarts_in_window=len(restarts),
+                **crash,
             ),
         ),
     )

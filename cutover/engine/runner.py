@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -43,13 +44,15 @@ from cutover.observability.metrics import Metrics
 from cutover.routers.base import Reading, Router
 from cutover.store.base import StateStore
 
-__all__ = ["Runner"]
+__all__ = ["ACT_DELAY_ENV", "Runner"]
 
 #: Seconds between timer ticks: the resolution of holds and timeouts.
 TICK = 0.25
 #: Persist the hold's progress at least this often even when nothing else changed.
 PERSIST_EVERY = 5.0
 ROLLBACK_BACKOFF_MAX = 5.0
+#: Environment variable of a test hook: seconds to wait between persisting and acting.
+ACT_DELAY_ENV = "CUTOVER_TEST_ACT_DELAY"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class Runner:
         self._unsaved_actions: list[Action] = []
         self._closed = False
         self._log = structlog.get_logger().bind(service=cutover.service, cutover=cutover.id)
+        # ACT_DELAY_ENV (tests only, e.g. the crash harness) holds the runner this many real
+        # seconds between persisting a transition and acting on it, so a SIGKILL can land there
+        self._act_delay = float(os.environ.get(ACT_DELAY_ENV, "0") or 0)
         interval = min((p.interval for p in cutover.plan.checks), default=5.0)
         self._observe_every = max(1.0, min(interval, 10.0))
 
@@ -114,9 +120,10 @@ class Runner:
             raise ConflictError(result.refused, code="invalid_state")
         return result.cutover
 
-    async def run(self, *, restarted: bool) -> Cutover:
+    async def run(self, *, restarted: bool, crash: str = "") -> Cutover:
         """Drive the cutover until it is completed or rolled back (or the task is cancelled:
-        a daemon stopping leaves traffic as it is)."""
+        a daemon stopping leaves traffic as it is). ``crash`` names the error of the runner
+        this one replaces (the supervisor respawns a crashed runner)."""
         self._log.info("runner started", restarted=restarted, status=self.cutover.status.value)
         background = [
             asyncio.create_task(self._ticker(), name=f"tick-{self.cutover.id}"),
@@ -128,7 +135,7 @@ class Runner:
         ]
         try:
             if restarted:
-                await self._handle(machine.Restarted(), None)
+                await self._handle(machine.Restarted(crash=crash), None)
             if self.cutover.phase is Phase.PREFLIGHT and self.cutover.status is Status.RUNNING:
                 await self._handle(machine.PreflightPassed(), None)
             while not self.cutover.status.terminal:
@@ -229,6 +236,9 @@ class Runner:
                     self._metrics.rollbacks.labels(c.service, str(e.data.get("cause"))).inc()
         if self._on_change is not None:
             await self._on_change(c, list(step.events))
+        if actions and self._act_delay > 0:  # test hook: a window between persist and act
+            self._log.warning("test hook: persisted, acting after a delay", delay=self._act_delay)
+            await asyncio.sleep(self._act_delay)
         for action in actions:
             await self._start_actuation(action)
 

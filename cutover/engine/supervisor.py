@@ -4,6 +4,13 @@ On start-up it resumes every active cutover from the store (PRODUCT.md, Restart)
 service are serialized by a per-service lock and, across processes, by the store's
 one-active-cutover rule. Stopping cancels the runners: traffic stays as it is, and the next
 daemon picks every cutover up where it was.
+
+A runner that crashes (an exception escaped it: a bug, an unexpected store error) would leave its
+cutover without anyone to roll it back until the daemon restarts. So the supervisor respawns it
+in-process from the stored record, as a restart would (a ``restarted`` event naming the crash;
+it counts toward ``max_restarts``, so a crash loop pauses the cutover), after a backoff of
+1 s doubling to at most 60 s; each crash is an alarm. A runner that ran for ``restart_window``
+resets the backoff.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -32,6 +39,11 @@ from cutover.store.base import StateStore
 __all__ = ["Supervisor"]
 
 Listener = Callable[[Cutover, list[Event]], Awaitable[None]]
+Adapters = Callable[[ServiceSpec, str, Color], tuple[dict[str, Router], dict[str, Check]]]
+
+#: Backoff before respawning a crashed runner: first delay and cap, in seconds.
+RESPAWN_FIRST = 1.0
+RESPAWN_MAX = 60.0
 
 
 def _new_id() -> str:
@@ -47,13 +59,20 @@ class Supervisor:
         clock: Clock,
         metrics: Metrics | None = None,
         listeners: tuple[Listener, ...] = (),
+        adapters: Adapters | None = None,
     ) -> None:
+        """``adapters`` builds a cutover's routers and checks (tests pass fakes)."""
         self.config = config
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._listeners = listeners
+        self._adapters = adapters or _build_adapters
         self._runners: dict[str, tuple[Runner, asyncio.Task[Cutover]]] = {}
+        self._spawned_at: dict[str, float] = {}
+        self._crashes: dict[str, int] = {}  # crashes in a row, per cutover
+        self._respawns: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._live: dict[str, Color] = {}
         self._log = structlog.get_logger()
@@ -72,12 +91,15 @@ class Supervisor:
         self.started = True
 
     async def stop(self) -> None:
-        """Cancel every runner without touching traffic."""
-        tasks = [task for _, task in self._runners.values()]
+        """Cancel every runner (and pending respawn) without touching traffic."""
+        self._stopping = True
+        tasks: list[asyncio.Task[Any]] = [*self._respawns.values()]
+        tasks += [task for _, task in self._runners.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._runners.clear()
+        self._respawns.clear()
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -210,16 +232,6 @@ class Supervisor:
     def _frozen_spec(self, c: Cutover) -> ServiceSpec:
         return ServiceSpec.model_validate(c.spec) if c.spec else self.config.service(c.service)
 
-    @staticmethod
-    def _adapters(
-        spec: ServiceSpec, service: str, new: Color
-    ) -> tuple[dict[str, Router], dict[str, Check]]:
-        placeholders = color_placeholders(service=service, new=new)
-        return (
-            {r.name: r.build(new=new) for r in spec.routers},
-            {c.name: c.build(placeholders=placeholders) for c in spec.checks},
-        )
-
     def _spawn(
         self,
         c: Cutover,
@@ -227,6 +239,7 @@ class Supervisor:
         checks: dict[str, Check],
         *,
         restarted: bool,
+        crash: str = "",
     ) -> None:
         runner = Runner(
             cutover=c,
@@ -237,8 +250,11 @@ class Supervisor:
             metrics=self._metrics,
             on_change=self._notify,
         )
-        task = asyncio.create_task(runner.run(restarted=restarted), name=f"runner-{c.id}")
+        task = asyncio.create_task(
+            runner.run(restarted=restarted, crash=crash), name=f"runner-{c.id}"
+        )
         self._runners[c.id] = (runner, task)
+        self._spawned_at[c.id] = self._clock.monotonic()
         task.add_done_callback(lambda t: self._finished(c.id, t))
         if self._metrics is not None:
             self._metrics.observe_cutover(c)
@@ -249,13 +265,55 @@ class Supervisor:
             return
         exc = task.exception()
         if exc is not None:
-            self._log.error("runner crashed", cutover=cutover_id, error=repr(exc), alarm=True)
+            window = entry[0].cutover.plan.restart_window if entry else 0.0
+            if self._clock.monotonic() - self._spawned_at.get(cutover_id, 0.0) >= window:
+                self._crashes.pop(cutover_id, None)  # it ran long enough: a fresh backoff
+            self._crashed(cutover_id, exc)
             return
+        self._crashes.pop(cutover_id, None)
+        self._spawned_at.pop(cutover_id, None)
         c = task.result()
         if entry is not None and c.status is Status.COMPLETED:
             self._live[c.service] = c.to_color
             if self._metrics is not None:
                 self._metrics.set_live(c.service, c.to_color)
+
+    def _crashed(self, cutover_id: str, exc: BaseException) -> None:
+        """Schedule a respawn of a crashed runner after a bounded backoff (an alarm)."""
+        crashes = self._crashes.get(cutover_id, 0) + 1
+        self._crashes[cutover_id] = crashes
+        delay = min(RESPAWN_FIRST * 2 ** (crashes - 1), RESPAWN_MAX)
+        self._log.error(
+            "runner crashed; respawning it",
+            cutover=cutover_id,
+            error=repr(exc),
+            crashes_in_a_row=crashes,
+            respawn_in=delay,
+            alarm=True,
+        )
+        if self._stopping:
+            return
+        task = asyncio.create_task(
+            self._respawn(cutover_id, delay, repr(exc)), name=f"respawn-{cutover_id}"
+        )
+        self._respawns[cutover_id] = task
+        task.add_done_callback(lambda t: self._respawned(cutover_id, t))
+
+    async def _respawn(self, cutover_id: str, delay: float, crash: str) -> None:
+        await self._clock.sleep(delay)
+        c = await self._store.get(cutover_id)
+        if c is None or c.status.terminal:
+            return  # nothing left to drive
+        spec = self._frozen_spec(c)
+        routers, checks = self._adapters(spec, c.service, c.to_color)
+        self._spawn(c, routers, checks, restarted=True, crash=crash)
+
+    def _respawned(self, cutover_id: str, task: asyncio.Task[None]) -> None:
+        if self._respawns.get(cutover_id) is task:
+            del self._respawns[cutover_id]
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # the store could not be read, say: try again, later
+            self._crashed(cutover_id, exc)
 
     async def _refresh_live(self, service: str) -> None:
         last = await self._store.last_completed(service)
@@ -268,6 +326,16 @@ class Supervisor:
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await listener(c, events)
+
+
+def _build_adapters(
+    spec: ServiceSpec, service: str, new: Color
+) -> tuple[dict[str, Router], dict[str, Check]]:
+    placeholders = color_placeholders(service=service, new=new)
+    return (
+        {r.name: r.build(new=new) for r in spec.routers},
+        {c.name: c.build(placeholders=placeholders) for c in spec.checks},
+    )
 
 
 async def _close(routers: dict[str, Router], checks: dict[str, Check]) -> None:

@@ -1814,3 +1814,12 @@ def test_abort_from_any_reached_active_status_rolls_back(
         assert s.cutover.reason == "aborted by prop"
     else:
         assert s.refused and s.cutover == c
+
+
+def test_a_respawned_runner_names_its_crash_in_the_restarted_event() -> None:
+    run = at_holding()
+    s = run.feed(Restarted(crash="RuntimeError('boom')"))
+    (event,) = s.events
+    assert event.kind == "restarted"
+    assert event.message.startswith("runner crashed (RuntimeError('boom')) and was respawned")
+    assert event.data == {"restarts_in_window": 1, "crash": "RuntimeError('boom')"}

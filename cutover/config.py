@@ -540,7 +540,7 @@ def _duplicates(place: str, kind: str, names: list[str]) -> Iterable[str]:
 
 
 def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
-    place = f"services.{name}"
+    place = f"services.{_key(name)}"
     yield from _duplicates(f"{place}.routers", "router", [r.name for r in service.routers])
     yield from _duplicates(f"{place}.checks", "check", [c.name for c in service.checks])
 
@@ -583,7 +583,7 @@ def _claim_errors(services: Mapping[str, ServiceSpec]) -> Iterable[str]:
     shared: dict[tuple[str, str], list[str]] = {}
     for name, service in services.items():
         for i, router in enumerate(service.routers):
-            here = f"services.{name}.routers[{i}]"
+            here = f"services.{_key(name)}.routers[{i}]"
             try:
                 claims = router.claims()
             except NotImplementedError:
@@ -639,10 +639,17 @@ def _place(loc: Iterable[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            if len(part) > 40:  # a key that is really a pasted value: do not echo all of it
-                part = part[:20] + "…"
+            part = _key(part)
             out += f".{part}" if out else part
     return out
+
+
+def _key(part: str) -> str:
+    """A mapping key as a place shows it: a pasted value is cut short, and a key with line
+    breaks or other unprintable characters is quoted so an error stays one line."""
+    if len(part) > 40:  # a key that is really a pasted value: do not echo all of it
+        part = part[:20] + "…"
+    return part if part.isprintable() else repr(part)
 
 
 def _format(error: ErrorDetails) -> str:

@@ -53,6 +53,8 @@ test-long: system-deps venv
 bench: system-deps venv
 	$(PY) benchmarks/breach_rollback.py $(if $(filter 1,$(QUICK)),--quick,)
 	$(PY) benchmarks/dns_stage.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/rollback_actuation.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/scale.py $(if $(filter 1,$(QUICK)),--quick,)
 
 demo: system-deps venv
 	$(PY) demo/run.py $(if $(filter 1,$(FAIL)),--fail,)

@@ -96,6 +96,7 @@ class Runner:
         self._actuation: asyncio.Task[None] | None = None
         self._last_mono = clock.monotonic()
         self._last_persist = self._last_mono
+        self._persisted = cutover  # as last written to the store
         self._unsaved_events: list[Event] = []
         self._unsaved_actions: list[Action] = []
         self._closed = False
@@ -143,6 +144,9 @@ class Runner:
                 await self._handle(item, fut)
             self._log.info("runner finished", status=self.cutover.status.value)
             return self.cutover
+        except asyncio.CancelledError:
+            await self._persist_progress()
+            raise
         finally:
             self._closed = True
             for task in background:
@@ -160,6 +164,20 @@ class Runner:
                     fut.set_exception(
                         ConflictError("the cutover is no longer running", code="invalid_state")
                     )
+
+    async def _persist_progress(self) -> None:
+        """On a clean stop (the task cancelled): write what is only in memory -- the hold's
+        monitored time since the last write -- so the next daemon continues from it. Nothing
+        new is decided or acted on here; a store that does not answer within a second is let
+        go (the next daemon then continues from the previous write)."""
+        c = self.cutover
+        if c == self._persisted and not self._unsaved_events:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await self._store.save(c, self._unsaved_events)
+        except (StoreError, TimeoutError) as exc:
+            self._log.warning("progress not saved at stop", error=str(exc) or "timeout")
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -214,6 +232,7 @@ class Runner:
             return
         try:
             c = await self._store.save(c, events)
+            self._persisted = c
             self._unsaved_events, self._unsaved_actions = [], []
             self._last_persist = now_mono
         except StoreError as exc:

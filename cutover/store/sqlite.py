@@ -57,7 +57,6 @@ SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 
 _BUSY_TIMEOUT_S = 5.0
-_MAX_PAGES = 4294967294  # SQLite's largest max_page_count
 _TERMINAL = tuple(s.value for s in Status if s.terminal)  # ("completed", "rolled_back")
 _ACTIVE_SQL = "status NOT IN ({})".format(", ".join(f"'{v}'" for v in _TERMINAL))
 
@@ -258,18 +257,13 @@ class SqliteStore(StateStore):
             _rollback(con)
             raise
 
-    async def set_fault_limits(self, *, max_page_count: int | None, read_only: bool) -> None:
-        """Make the open database full or read-only, or clear that: how tests make those
-        faults for real (they run as root, so file modes would not stop writes).
-        ``max_page_count`` caps the size (never below the current size; ``None``: SQLite's
-        largest); ``read_only`` turns on ``PRAGMA query_only``, so writes fail with
-        ``SQLITE_READONLY`` as on a file system remounted read-only."""
-        pages = _MAX_PAGES if max_page_count is None else int(max_page_count)
+    async def set_read_only(self, read_only: bool) -> None:
+        """Make the open database refuse writes, or take them again: ``PRAGMA query_only``,
+        so every write fails with ``SQLITE_READONLY`` as on a file system remounted read-only.
+        How tests make that fault for real (they run as root: file modes stop no write)."""
 
         def apply() -> None:
-            con = self._connection()
-            con.execute(f"PRAGMA max_page_count={pages}")
-            con.execute(f"PRAGMA query_only={int(read_only)}")
+            self._connection().execute(f"PRAGMA query_only={int(read_only)}")
 
         await self._call(apply)
 

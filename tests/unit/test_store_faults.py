@@ -1,11 +1,13 @@
 """The state store becomes unwritable under a running cutover, then recovers.
 
 The real :class:`Runner` on a :class:`FakeClock` over a real SQLite store made read-only for
-real (``SqliteStore.set_fault_limits(read_only=True)``: ``PRAGMA query_only``, every write
+real (``SqliteStore.set_read_only(True)``: ``PRAGMA query_only``, every write
 fails with ``SQLITE_READONLY``; the tests run as root, so chmod would not stop a write). A
 full disk (``max_page_count``) only stops writes that need a new page, so a running cutover's
 in-place updates mostly still fit: its store-level behaviour (one clear StoreError, nothing
-half-written) is tested in ``test_store_sqlite.py``; the engine handles both errors the same. The rules under test (PRODUCT.md, Restart: persist before acting):
+half-written) is tested in ``test_store_sqlite.py``; the engine handles both errors the same.
+
+The rules under test (PRODUCT.md, Restart: persist before acting):
 
 * a forward step that cannot be persisted is not acted on: the routers stay where the stored
   record says, the record is the last good one, and every failed write is logged as an alarm;
@@ -73,7 +75,7 @@ async def test_a_stage_change_waits_for_the_store_and_completes_after(scenario: 
     async with asyncio.timeout(GUARD * 2):
         await s.start()
         await s.holding(0)
-        await s.store.set_fault_limits(max_page_count=None, read_only=True)
+        await s.store.set_read_only(True)
         with structlog.testing.capture_logs() as logs:
             await s.run_for(15)  # past the 10 s hold: the stage change cannot be persisted
         # the last good record is stage 0; stage 1 was neither persisted nor acted on
@@ -85,7 +87,7 @@ async def test_a_stage_change_waits_for_the_store_and_completes_after(scenario: 
         # one attempt per runner pass (ticks every 0.25 s): bounded by time, never a hot loop
         assert len(alarms) <= 15 / 0.25 + 20, len(alarms)
 
-        await s.store.set_fault_limits(max_page_count=None, read_only=False)
+        await s.store.set_read_only(False)
         await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.HOLDING, within=5)
         events = await s.journal()
         assert seq_contiguous(events)
@@ -100,7 +102,7 @@ async def test_a_rollback_is_acted_on_while_the_store_is_read_only(scenario: Sce
     async with asyncio.timeout(GUARD * 2):
         await s.start()
         await s.holding(1)
-        await s.store.set_fault_limits(max_page_count=None, read_only=True)
+        await s.store.set_read_only(True)
         s.checks["health"].set(Verdict.FAIL, value=1.0)
         await s.until(lambda c: c.status is Status.ROLLED_BACK, within=10)
         assert all(r.state == {"share": "maint"} for r in s.routers.values())
@@ -121,10 +123,10 @@ async def test_a_rollback_done_while_the_store_is_read_only_is_persisted_when_it
     async with asyncio.timeout(GUARD * 2):
         await s.start()
         await s.holding(1)
-        await s.store.set_fault_limits(max_page_count=None, read_only=True)
+        await s.store.set_read_only(True)
         s.checks["health"].set(Verdict.FAIL, value=1.0)
         await s.until(lambda c: c.status is Status.ROLLED_BACK, within=10)
-        await s.store.set_fault_limits(max_page_count=None, read_only=False)
+        await s.store.set_read_only(False)
         await s.run_for(5)
         stored = await s.stored()
         assert stored.status is Status.ROLLED_BACK, stored.status

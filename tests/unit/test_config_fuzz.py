@@ -146,7 +146,8 @@ def located(error: str, data: object, source: str) -> bool:
     if not sep or not message.strip() or "\n" in error or "Traceback" in error:
         return False
     heads = {"api", "state", "notify", "services"}  # a missing required key is its own place
-    heads |= {str(k) for k in data} if isinstance(data, dict) else set()
+    if isinstance(data, dict):  # an unprintable key is shown quoted (repr)
+        heads |= {str(k) for k in data} | {repr(k) for k in data if isinstance(k, str)}
     return place == source or any(place == h or place.startswith((f"{h}.", f"{h}[")) for h in heads)
 
 

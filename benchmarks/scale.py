@@ -46,6 +46,7 @@ from demo.stack import Backend, Child, DemoApp, HAProxy, free_port, make_workdir
 
 RATE = 500.0
 IN_FLIGHT = 64
+START_ATTEMPTS = 3
 DAEMON_CORE = "0"
 LOAD_CORE = 1
 LAG_METRIC = "cutover_event_loop_lag_seconds_bucket"
@@ -53,12 +54,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class UncheckedHAProxy(HAProxy):
-    """The demo HAProxy without health checks: N x 2 servers would otherwise be probed every
-    500 ms, and a server without checks counts as UP."""
+    """The demo HAProxy without health checks (N x 2 servers would otherwise be probed every
+    500 ms; a server without checks counts as UP), and with ``stats maxconn 1000``: the
+    default of 10 concurrent runtime API connections resets the 11th, and N runners each
+    open their own (HAProxy 2.6 configuration manual, ``stats maxconn``)."""
 
     @staticmethod
     def config(*args: Any, **kwargs: Any) -> str:
         text = HAProxy.config(*args, **kwargs)
+        text = text.replace(
+            "    stats timeout 30s\n", "    stats timeout 30s\n    stats maxconn 1000\n"
+        )
         text = text.replace("    option httpchk GET /healthz\n", "")
         return text.replace("    default-server check inter 500ms fall 2 rise 1\n", "")
 
@@ -163,12 +169,19 @@ async def start_all(session: aiohttp.ClientSession, url: str, n: int) -> list[st
     gate = asyncio.Semaphore(8)
     ids: list[str] = []
 
+    retried: list[str] = []
+
     async def start(i: int) -> None:
-        async with gate, session.post(f"{url}/v1/services/svc{i}/cutovers") as r:
-            body = await r.json()
-            if r.status != 201:
+        for attempt in range(START_ATTEMPTS):
+            async with gate, session.post(f"{url}/v1/services/svc{i}/cutovers") as r:
+                body = await r.json()
+            if r.status == 201:
+                ids.append(body["id"])
+                return
+            if r.status != 422 or attempt == START_ATTEMPTS - 1:  # 422: preflight refused
                 raise RuntimeError(f"start svc{i}: {r.status} {body}")
-            ids.append(body["id"])
+            retried.append(body["error"]["message"])
+            await asyncio.sleep(2.0)
 
     await asyncio.gather(*(start(i) for i in range(n)))
     deadline = time.monotonic() + 60 + n / 10
@@ -176,6 +189,8 @@ async def start_all(session: aiohttp.ClientSession, url: str, n: int) -> list[st
         async with session.get(f"{url}/v1/services") as r:
             services = (await r.json())["services"]
         if all(s["cutover"]["phase"] == "holding" for s in services):
+            if retried:
+                print(f"N={n}: {len(retried)} start(s) retried after: {retried[0]}")
             return ids
         await asyncio.sleep(1.0)
     raise TimeoutError("not every cutover reached its hold")

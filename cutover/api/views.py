@@ -1,4 +1,10 @@
-"""JSON shapes of the API (PRODUCT.md, HTTP API): the names users' scripts depend on."""
+"""JSON shapes of the API (PRODUCT.md, HTTP API): the names users' scripts depend on.
+
+A cutover is immutable and a runner replaces it on every step, so its body is built once per
+object and reused until the next step (keyed by the cutover id, checked by identity): a status
+poller or ``GET /v1/services`` over many services then serializes only what changed
+(docs/performance.md). Callers must not mutate a returned body.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,10 @@ from typing import Any
 from cutover.core.model import Cutover, Event, Phase
 
 __all__ = ["cutover_json", "event_json"]
+
+#: Bodies of the cutovers last serialized, by id; cleared when it outgrows this.
+_BODIES_MAX = 4096
+_bodies: dict[str, tuple[Cutover, dict[str, Any]]] = {}
 
 
 def event_json(e: Event) -> dict[str, Any]:
@@ -20,8 +30,20 @@ def _ttl_wait_left(c: Cutover) -> float:
 
 
 def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any]:
+    cached = _bodies.get(c.id)
+    if cached is None or cached[0] is not c:
+        if len(_bodies) >= _BODIES_MAX:
+            _bodies.clear()
+        cached = _bodies[c.id] = (c, _body(c))
+    body = cached[1]
+    if events is None:
+        return body
+    return {**body, "events": [event_json(e) for e in events]}
+
+
+def _body(c: Cutover) -> dict[str, Any]:
     policies = {p.name: p for p in c.plan.checks}
-    body: dict[str, Any] = {
+    return {
         "id": c.id,
         "service": c.service,
         "kind": c.kind,
@@ -81,6 +103,3 @@ def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any
         "finished_at": c.finished_at,
         "revision": c.revision,
     }
-    if events is not None:
-        body["events"] = [event_json(e) for e in events]
-    return body

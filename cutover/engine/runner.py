@@ -139,7 +139,9 @@ class Runner:
                 await self._handle(machine.Restarted(crash=crash), None)
             if self.cutover.phase is Phase.PREFLIGHT and self.cutover.status is Status.RUNNING:
                 await self._handle(machine.PreflightPassed(), None)
-            while not self.cutover.status.terminal:
+            # a terminal step whose save failed is retried until it is stored: the record
+            # must not stay "running" while traffic is all-old
+            while not self.cutover.status.terminal or self._unsaved_events:
                 item, fut = await self._inbox.get()
                 await self._handle(item, fut)
             self._log.info("runner finished", status=self.cutover.status.value)
@@ -227,7 +229,9 @@ class Runner:
         events = [*self._unsaved_events, *step.events]
         actions = [*self._unsaved_actions, *step.actions]
         only_time = not events and not actions and c.only_clocks_differ(before)
-        if c == before or (only_time and now_mono - self._last_persist < PERSIST_EVERY):
+        if (c == before and not events) or (
+            only_time and now_mono - self._last_persist < PERSIST_EVERY
+        ):
             self.cutover = c
             return
         try:

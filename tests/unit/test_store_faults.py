@@ -110,12 +110,8 @@ async def test_a_rollback_is_acted_on_while_the_store_is_read_only(scenario: Sce
         assert stored.status is Status.RUNNING  # the store could not take it yet
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Runner.run returns as soon as the in-memory cutover is terminal, even "
-    "when that step's save failed, so rolled_back is never persisted (the stored record "
-    "stays running and the next daemon resumes a cutover whose traffic is all-old)",
-)
+# was an engine bug: Runner.run returned as soon as the in-memory cutover was terminal,
+# even when that step's save had failed, so rolled_back was never persisted
 async def test_a_rollback_done_while_the_store_is_read_only_is_persisted_when_it_clears(
     scenario: Scenario,
 ) -> None:

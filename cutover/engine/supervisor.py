@@ -268,6 +268,8 @@ class Supervisor:
             window = entry[0].cutover.plan.restart_window if entry else 0.0
             if self._clock.monotonic() - self._spawned_at.get(cutover_id, 0.0) >= window:
                 self._crashes.pop(cutover_id, None)  # it ran long enough: a fresh backoff
+            if self._metrics is not None and entry is not None:
+                self._metrics.runner_crashes.labels(entry[0].cutover.service).inc()
             self._crashed(cutover_id, exc)
             return
         self._crashes.pop(cutover_id, None)

@@ -112,6 +112,12 @@ class Metrics:
             ["service", "reason"],
             registry=r,
         )
+        self.runner_crashes = Counter(
+            "cutover_runner_crashes",
+            "Runners that crashed on a bug and were respawned (an alarm: see the daemon's log)",
+            ["service"],
+            registry=r,
+        )
         self.router_latency = Histogram(
             "cutover_router_operation_seconds",
             "Router operation latency (op: observe, apply, rollback)",

@@ -21,6 +21,7 @@ from cutover.checks.base import Check
 from cutover.config import ServiceSpec, parse_config
 from cutover.core.model import Color, Cutover, Event, Status
 from cutover.engine.supervisor import RESPAWN_MAX, Supervisor
+from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
@@ -81,6 +82,7 @@ class Daemon:
     clock: FakeClock
     router: FakeRouter
     check: FakeCheck
+    metrics: Metrics
 
     async def advance_until_status(self, cutover_id: str, *statuses: Status) -> Cutover:
         async def settle() -> None:
@@ -110,10 +112,13 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         # the same fakes each time: they are the "servers", which outlive a runner
         return {"edge": router}, {"health": check}
 
-    sup = Supervisor(config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters)
+    metrics = Metrics()
+    sup = Supervisor(
+        config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters, metrics=metrics
+    )
     await sup.start()
     try:
-        yield Daemon(sup, store, clock, router, check)
+        yield Daemon(sup, store, clock, router, check, metrics)
     finally:
         await sup.stop()
         await store.aclose()
@@ -134,6 +139,7 @@ async def test_a_crashed_runner_is_respawned_and_the_cutover_completes(daemon: D
     crashes = [e for e in logs if e["event"] == "runner crashed; respawning it"]
     assert len(crashes) == 1 and crashes[0]["alarm"] is True
     assert "simulated bug in save" in crashes[0]["error"]
+    assert daemon.metrics.runner_crashes.labels("checkout")._value.get() == 1
 
     # the journal says so, once, and stays continuous
     events = await daemon.store.events(c.id)

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cutover.core.model import Color
-from cutover.specs import Spec
+from cutover.specs import Duration, Spec
 
 __all__ = ["AddressShare", "Reading", "Router", "RouterSpecBase", "RouterState"]
 
@@ -99,6 +99,16 @@ class RouterSpecBase(Spec):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     blue: list[str] = Field(min_length=1)
     green: list[str] = Field(min_length=1)
+    # per network call: one HAProxy runtime API line (connect, send, read the answer), one DNS
+    # message, one HTTP request
+    timeout: Duration = 2.0
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("timeout must be greater than 0")
+        return value
 
     @property
     def ttl(self) -> int | None:

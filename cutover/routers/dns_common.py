@@ -41,7 +41,6 @@ from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.logging import register_secret
 from cutover.routers.base import RouterSpecBase
 from cutover.routers.dns_split import canonical_address, family_mismatch
-from cutover.specs import Duration
 
 __all__ = [
     "DnsSpecBase",
@@ -241,7 +240,6 @@ class DnsSpecBase(RouterSpecBase):
     zone: str
     record: str
     ttl_seconds: int = Field(alias="ttl", ge=1, le=_MAX_TTL)
-    timeout: Duration = 2.0  # per network call (one DNS message, one HTTP request)
 
     @property
     def ttl(self) -> int:
@@ -265,13 +263,6 @@ class DnsSpecBase(RouterSpecBase):
         if dupes:
             raise ValueError(f"lists address(es) twice: {', '.join(dupes)}")
         return out
-
-    @field_validator("timeout")
-    @classmethod
-    def _check_timeout(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("timeout must be greater than 0")
-        return value
 
     @model_validator(mode="after")
     def _check_dns(self) -> DnsSpecBase:

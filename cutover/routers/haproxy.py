@@ -71,7 +71,6 @@ from cutover.core.model import Color, other_color
 from cutover.core.weights import effective_share, split_weights
 from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import Reading, RouterSpecBase, RouterState
-from cutover.specs import Duration
 
 __all__ = [
     "DYNAMIC_ALGORITHMS",
@@ -135,7 +134,6 @@ class HAProxySpec(RouterSpecBase):
     type: Literal["haproxy"]
     runtime_api: str
     backend: str
-    timeout: Duration = 2.0  # per runtime API command line (connect, send, read the answer)
 
     @field_validator("runtime_api")
     @classmethod
@@ -150,13 +148,6 @@ class HAProxySpec(RouterSpecBase):
             raise ValueError(
                 f"backend {value!r} is not a valid HAProxy name (letters, digits, '_.:-')"
             )
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _check_timeout(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("timeout must be greater than 0")
         return value
 
     @model_validator(mode="after")

@@ -552,10 +552,40 @@ def _on_measured(c: Cutover, e: Measured, now: float) -> Step:
     return _pause(c, now, finding.reason, kind="alarm")
 
 
-def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
+def _on_observed_unreadable(c: Cutover, e: Observed, now: float) -> Step:
+    """A read-back that failed. Not drift (nothing says traffic moved) and not a reason to
+    pause or roll back (a shift or rollback handles its own errors): the router's ``error``
+    shows it, and the first failure of a run of them is a ``router_unreadable`` event (an
+    alarm); the first good read after is ``router_readable``."""
     r = c.router(e.router)
+    c = c.with_router(replace(r, error=e.error))
+    if r.error:
+        return Step(cutover=c)  # already reported
+    what = (
+        f"router {e.router} cannot be read: {e.error}; its traffic is not verified until it "
+        f"reads again (the daemon last wrote {r.written}% {c.to_color} to it)"
+    )
+    return Step(
+        cutover=c,
+        events=(_event(now, "router_unreadable", what, router=e.router, error=e.error),),
+    )
+
+
+def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
     if e.error:
-        return Step(cutover=c.with_router(replace(r, error=e.error)))
+        return _on_observed_unreadable(c, e, now)
+    r = c.router(e.router)
+    if not r.error:
+        return _on_reading(c, e, now)
+    readable = _event(
+        now, "router_readable", f"router {e.router} reads again (after: {r.error})", router=e.router
+    )
+    return Step(cutover=c, events=(readable,)).then(_on_reading(c, e, now))
+
+
+def _on_reading(c: Cutover, e: Observed, now: float) -> Step:
+    """A read-back that succeeded: what we know or wrote, or drift."""
+    r = c.router(e.router)
     r = replace(r, observed=e.share, detail=e.detail, error="")
     if e.known:
         return Step(cutover=c.with_router(replace(r, drift=False)))

@@ -436,6 +436,33 @@ TABLE_ROWS: list[Any] = [
         id="running-observed-drift",
     ),
     pytest.param(
+        at_holding,
+        Observed(router="edge", error="connection refused"),
+        SAME,
+        SAME,
+        (),
+        ("router_unreadable",),
+        id="running-observed-unreadable",
+    ),
+    pytest.param(
+        at_awaiting,
+        Observed(router="dns", error="timed out"),
+        SAME,
+        SAME,
+        (),
+        ("router_unreadable",),
+        id="awaiting-observed-unreadable",
+    ),
+    pytest.param(
+        at_paused,
+        Observed(router="dns", error="timed out"),
+        SAME,
+        SAME,
+        (),
+        ("router_unreadable",),
+        id="paused-observed-unreadable",
+    ),
+    pytest.param(
         at_awaiting,
         Observed(router="dns", share=20.0, known=False),
         PAUSED,
@@ -1180,14 +1207,42 @@ def test_drift_reassert_only_toward_the_old_color(observed: float | None, reasse
     assert s.cutover.hold_elapsed == 0
 
 
-def test_observed_error_is_recorded_without_drift() -> None:
-    run = at_holding()
+@pytest.mark.parametrize("build", [at_holding, at_awaiting, at_paused])
+def test_an_unreadable_router_alarms_once_and_says_when_it_reads_again(
+    build: Callable[[], Run],
+) -> None:
+    run = build()
+    status, phase = run.c.status, run.c.phase
     s = run.feed(Observed(router="edge", known=False, error="connection refused"))
-    assert s.cutover.status is RUNNING
+    # Then an alarm event names the router and the error, and nothing else changes
+    (alarm,) = s.events
+    assert alarm.kind == "router_unreadable"
+    assert alarm.data == {"router": "edge", "error": "connection refused"}
+    assert "router edge cannot be read: connection refused" in alarm.message
+    assert (s.cutover.status, s.cutover.phase, s.actions) == (status, phase, ())
     assert s.cutover.router("edge").error == "connection refused"
+    assert not s.cutover.router("edge").drift
+    # a run of failures is one alarm; the error shown is the latest
+    s = run.feed(Observed(router="edge", error="timed out"))
+    assert s.events == () and s.cutover.router("edge").error == "timed out"
+    s = run.feed(Observed(router="dns", error="SERVFAIL"))  # another router: its own alarm
+    assert kinds(s) == ("router_unreadable",) and s.events[0].data["router"] == "dns"
+    # When it reads again what the daemon wrote, then one router_readable event, no drift
+    s = run.feed(Observed(router="edge", share=float(run.c.share)))
+    (back,) = s.events
+    assert back.kind == "router_readable" and back.data == {"router": "edge"}
+    assert "after: timed out" in back.message
+    assert s.cutover.router("edge").error == "" and s.cutover.status is status
+    s = run.feed(Observed(router="edge", share=float(run.c.share)))
     assert s.events == ()
-    s = run.feed(Observed(router="edge", share=10.0))
-    assert s.cutover.router("edge").error == ""
+
+
+def test_a_router_that_reads_again_with_something_else_is_drift_too() -> None:
+    run = at_holding()
+    run.feed(Observed(router="edge", error="connection refused"))
+    s = run.feed(Observed(router="edge", share=30.0, known=False))
+    assert kinds(s) == ("router_readable", "drift", "paused")
+    assert s.cutover.status is PAUSED and s.cutover.router("edge").drift
 
 
 # --- restart -------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ __all__ = [
     "TokenSpec",
     "load_config",
     "parse_config",
+    "shown_key",
     "token_sha256",
 ]
 
@@ -540,7 +541,7 @@ def _duplicates(place: str, kind: str, names: list[str]) -> Iterable[str]:
 
 
 def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
-    place = f"services.{_key(name)}"
+    place = f"services.{shown_key(name)}"
     yield from _duplicates(f"{place}.routers", "router", [r.name for r in service.routers])
     yield from _duplicates(f"{place}.checks", "check", [c.name for c in service.checks])
 
@@ -583,7 +584,7 @@ def _claim_errors(services: Mapping[str, ServiceSpec]) -> Iterable[str]:
     shared: dict[tuple[str, str], list[str]] = {}
     for name, service in services.items():
         for i, router in enumerate(service.routers):
-            here = f"services.{_key(name)}.routers[{i}]"
+            here = f"services.{shown_key(name)}.routers[{i}]"
             try:
                 claims = router.claims()
             except NotImplementedError:
@@ -639,12 +640,12 @@ def _place(loc: Iterable[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            part = _key(part)
+            part = shown_key(part)
             out += f".{part}" if out else part
     return out
 
 
-def _key(part: str) -> str:
+def shown_key(part: str) -> str:
     """A mapping key as a place shows it: a pasted value is cut short, and a key with line
     breaks or other unprintable characters is quoted so an error stays one line."""
     if len(part) > 40:  # a key that is really a pasted value: do not echo all of it

@@ -32,7 +32,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cutover.config import Config, load_config, parse_config
+from cutover.config import Config, load_config, parse_config, shown_key
 from cutover.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,8 +146,8 @@ def located(error: str, data: object, source: str) -> bool:
     if not sep or not message.strip() or "\n" in error or "Traceback" in error:
         return False
     heads = {"api", "state", "notify", "services"}  # a missing required key is its own place
-    if isinstance(data, dict):  # an unprintable key is shown quoted (repr)
-        heads |= {str(k) for k in data} | {repr(k) for k in data if isinstance(k, str)}
+    if isinstance(data, dict):  # a key as the place shows it: cut short, or quoted
+        heads |= {str(k) for k in data} | {shown_key(k) for k in data if isinstance(k, str)}
     return place == source or any(place == h or place.startswith((f"{h}.", f"{h}[")) for h in heads)
 
 

@@ -23,7 +23,15 @@ from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.metrics import RouterTimer
 from cutover.routers.base import Reading, Router, RouterState
 
-__all__ = ["CALL_TIMEOUT", "RouterOutcome", "observe", "rollback_once", "shift", "within"]
+__all__ = [
+    "CALL_TIMEOUT",
+    "CallTimeout",
+    "RouterOutcome",
+    "observe",
+    "rollback_once",
+    "shift",
+    "within",
+]
 
 #: Bound on one router call during a rollback, on top of the adapter's own timeouts.
 CALL_TIMEOUT = 10.0
@@ -52,6 +60,11 @@ async def observe(router: Router, timer: RouterTimer | None) -> Reading:
         return await router.observe()
 
 
+class CallTimeout(TransientError):
+    """A router call that did not finish in the time the engine gave it (the router's own
+    errors say more: they name the server)."""
+
+
 async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> T:
     """One router call, bounded by ``seconds`` on ``clock`` (so a fake clock bounds it in
     tests too). Running out of time raises :class:`TransientError`; so does any exception an
@@ -68,7 +81,7 @@ async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> 
     if work.cancelled() or not work.done():
         with contextlib.suppress(asyncio.CancelledError):
             await work
-        raise TransientError(f"no answer within {seconds:g}s")
+        raise CallTimeout(f"no answer within {seconds:.3g}s")
     exc = work.exception()
     if exc is not None and not isinstance(exc, AdapterError):
         raise TransientError(f"router call failed unexpectedly: {exc!r}") from exc
@@ -114,6 +127,7 @@ async def _shift_one(
     ``apply_timeout`` on ``clock``; permanent ones are not retried."""
     deadline = clock.monotonic() + apply_timeout
     delay = RETRY_FIRST
+    last = ""
     while True:
         attempt = _shift_attempt(
             router, share, written_state=written_state, force=force, timer=timer
@@ -122,15 +136,18 @@ async def _shift_one(
             return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt)
         except PermanentError as exc:
             return RouterOutcome(router=router.name, result="failed", error=str(exc))
+        except CallTimeout as exc:
+            last = last or str(exc)  # a try cut short by the deadline: keep the router's error
         except TransientError as exc:
             last = str(exc)
-        if clock.monotonic() + delay >= deadline:
+        left = deadline - clock.monotonic()
+        if left <= 0:
             return RouterOutcome(
                 router=router.name,
                 result="failed",
                 error=f"{last} (still failing after {apply_timeout:g}s of retries)",
             )
-        await clock.sleep(delay)
+        await clock.sleep(min(delay, left))  # the last try is at the deadline
         delay = min(delay * 2, RETRY_MAX)
 
 

@@ -11,8 +11,10 @@ with a 1 h hold. Then, while all N hold:
 * ``rss``        the daemon's VmRSS;
 * ``cpu``        its utime+stime over a quiet window (from ``/proc/<pid>/stat``), as a share of
                  one core;
-* ``lag p99``    the daemon's ``cutover_event_loop_lag_seconds`` histogram, the increase over
-                 the window, p99 as the upper bound of its bucket (quiet, and under load);
+* ``lag``        the daemon's ``cutover_event_loop_lag_seconds`` histogram, the increase over
+                 the window, p99 as the upper bound of its bucket (quiet, and per load phase;
+                 the window includes one scrape of ``/metrics``, as Prometheus would do);
+* ``/metr``      how long that one ``GET /metrics`` took;
 * ``GET …``      p50/p99 of ``GET /v1/cutovers/{id}`` (a random running cutover) and of
                  ``GET /v1/services`` (every service with its cutover), each asked at 500 req/s
                  by an aiohttp loop with at most 64 requests in flight; the achieved rate is
@@ -76,6 +78,7 @@ class Result:
     rss_mb: float
     cpu: float
     lag_quiet: float
+    scrape_s: float  # one GET /metrics while holding
     latency: dict[str, tuple[float, float, float, float]]  # p50 ms, p99 ms, req/s, lag p99 ms
     stopped: int
 
@@ -119,15 +122,18 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def lag_buckets(session: aiohttp.ClientSession, url: str) -> dict[float, float]:
+async def lag_buckets(session: aiohttp.ClientSession, url: str) -> tuple[dict[float, float], float]:
+    """The lag histogram's cumulative buckets, and how long the scrape took (seconds)."""
+    t0 = time.perf_counter()
     async with session.get(url + "/metrics") as r:
         text = await r.text()
+    took = time.perf_counter() - t0
     out = {}
     for line in text.splitlines():
         if line.startswith(LAG_METRIC):
             le = line.partition('le="')[2].partition('"')[0]
             out[float(le)] = float(line.rsplit(" ", 1)[1])
-    return out
+    return out, took
 
 
 def lag_p99(before: dict[float, float], after: dict[float, float]) -> float:
@@ -248,10 +254,14 @@ async def measure(n: int, window: float, load_seconds: float) -> Result:
             started = time.perf_counter() - t0
             await asyncio.sleep(5.0)  # the starts' work drains; every check has run once
             pid = daemon.pid
-            before, cpu0, w0 = await lag_buckets(session, url), cpu_seconds(pid), time.monotonic()
+            (before, _), cpu0, w0 = (
+                await lag_buckets(session, url),
+                cpu_seconds(pid),
+                time.monotonic(),
+            )
             await asyncio.sleep(window)
             cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
-            after = await lag_buckets(session, url)
+            after, scrape = await lag_buckets(session, url)
             quiet = lag_p99(before, after)
             rss = rss_mb(pid)
             latency = {}
@@ -260,11 +270,11 @@ async def measure(n: int, window: float, load_seconds: float) -> Result:
                 ("/v1/services", [f"{url}/v1/services"]),
             ):
                 samples, achieved = await load(session, urls, load_seconds)
-                buckets = await lag_buckets(session, url)
+                buckets, _ = await lag_buckets(session, url)
                 latency[label] = (*summary(samples), achieved, lag_p99(after, buckets))
                 after = buckets
             left = await not_running(session, url)
-            result = Result(n, started, rss, cpu, quiet, latency, left)
+            result = Result(n, started, rss, cpu, quiet, scrape, latency, left)
             print(report_row(result), flush=True)
             return result
     finally:
@@ -276,7 +286,7 @@ async def measure(n: int, window: float, load_seconds: float) -> Result:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-WIDTHS = (5, 7, 6, 6, 7, 8, 8, 6, 7, 8, 8, 6, 7, 7)
+WIDTHS = (5, 6, 5, 6, 6, 7, 7, 7, 5, 6, 8, 8, 4, 6, 5)
 HEAD = (
     (
         "N",
@@ -284,6 +294,7 @@ HEAD = (
         "RSS",
         "CPU %",
         "lag",
+        "/metr",
         "cutover",
         "cutover",
         "got",
@@ -300,14 +311,15 @@ HEAD = (
         "MB",
         "1 core",
         "quiet",
+        "ms",
         "p50 ms",
         "p99 ms",
-        "req/s",
-        "p99 ms",
+        "r/s",
+        "p99",
         "p50 ms",
         "p99 ms",
-        "req/s",
-        "p99 ms",
+        "r/s",
+        "p99",
         "run",
     ),
 )
@@ -315,7 +327,7 @@ HEAD = (
 
 def report_row(r: Result) -> str:
     cells: list[object] = [r.n, f"{r.start_s:.0f}", f"{r.rss_mb:.0f}", f"{r.cpu * 100:.1f}"]
-    cells.append(f"<={r.lag_quiet:g}")
+    cells += [f"<={r.lag_quiet:g}", f"{r.scrape_s * 1000:.0f}"]
     for path in ("/v1/cutovers/{id}", "/v1/services"):
         p50, p99, rate, lag = r.latency[path]
         cells += [f"{p50:.1f}", f"{p99:.1f}", f"{rate:.0f}", f"<={lag:g}"]

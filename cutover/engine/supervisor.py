@@ -69,6 +69,7 @@ class Supervisor:
         self._listeners = listeners
         self._adapters = adapters or _build_adapters
         self._runners: dict[str, tuple[Runner, asyncio.Task[Cutover]]] = {}
+        self._by_service: dict[str, str] = {}  # service -> the id of its running cutover
         self._spawned_at: dict[str, float] = {}
         self._crashes: dict[str, int] = {}  # crashes in a row, per cutover
         self._respawns: dict[str, asyncio.Task[None]] = {}
@@ -99,6 +100,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._runners.clear()
+        self._by_service.clear()
         self._respawns.clear()
 
     # --- queries -----------------------------------------------------------------------------
@@ -121,9 +123,9 @@ class Supervisor:
 
     async def latest(self, service: str) -> Cutover | None:
         self.config.service(service)  # 404 for an unknown service
-        for runner, _ in self._runners.values():
-            if runner.cutover.service == service:
-                return runner.cutover
+        running = self._by_service.get(service)
+        if running is not None and running in self._runners:
+            return self._runners[running][0].cutover
         history = await self._store.history(service, limit=1)
         return history[0] if history else None
 
@@ -182,7 +184,8 @@ class Supervisor:
 
     async def _active(self, service: str) -> Cutover | None:
         """The service's cutover that still owns it (not completed or rolled back)."""
-        return next((c for c in await self._store.active() if c.service == service), None)
+        found = await self._store.active(service)
+        return found[0] if found else None
 
     async def _launch(
         self,
@@ -254,6 +257,7 @@ class Supervisor:
             runner.run(restarted=restarted, crash=crash), name=f"runner-{c.id}"
         )
         self._runners[c.id] = (runner, task)
+        self._by_service[c.service] = c.id
         self._spawned_at[c.id] = self._clock.monotonic()
         task.add_done_callback(lambda t: self._finished(c.id, t))
         if self._metrics is not None:
@@ -261,6 +265,8 @@ class Supervisor:
 
     def _finished(self, cutover_id: str, task: asyncio.Task[Cutover]) -> None:
         entry = self._runners.pop(cutover_id, None)
+        if entry is not None and self._by_service.get(entry[0].cutover.service) == cutover_id:
+            del self._by_service[entry[0].cutover.service]
         if task.cancelled():
             return
         exc = task.exception()

@@ -43,8 +43,9 @@ class StateStore(ABC):
     async def get(self, cutover_id: str) -> Cutover | None: ...
 
     @abstractmethod
-    async def active(self) -> list[Cutover]:
-        """Every cutover that is not completed or rolled back (``failed`` included)."""
+    async def active(self, service: str | None = None) -> list[Cutover]:
+        """Every cutover that is not completed or rolled back (``failed`` included), of one
+        ``service`` or of all."""
 
     @abstractmethod
     async def history(self, service: str, limit: int = 50) -> list[Cutover]:

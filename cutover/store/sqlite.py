@@ -396,7 +396,13 @@ class SqliteStore(StateStore):
 
         return await self._call(q)
 
-    async def active(self) -> list[Cutover]:
+    async def active(self, service: str | None = None) -> list[Cutover]:
+        if service is not None:  # the partial index: no other service's body is decoded
+            return await self._query(
+                f"SELECT id, revision, body FROM cutovers WHERE service = ? AND {_ACTIVE_SQL} "
+                "ORDER BY created_at, rowid",
+                (service,),
+            )
         return await self._query(
             f"SELECT id, revision, body FROM cutovers WHERE {_ACTIVE_SQL} "
             "ORDER BY created_at, rowid",

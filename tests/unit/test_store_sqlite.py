@@ -216,6 +216,9 @@ async def test_active_history_last_completed(store: SqliteStore) -> None:
     other = await store.save(replace(other, status=Status.FAILED), [])
 
     assert [c.id for c in await store.active()] == ["o1", "c4"]
+    assert [c.id for c in await store.active("shop")] == ["c4"]
+    assert [c.id for c in await store.active("cart")] == ["o1"]
+    assert await store.active("nobody") == []
     assert [c.id for c in await store.history("shop")] == ["c4", "c3", "c2", "c1"]
     assert [c.id for c in await store.history("shop", limit=2)] == ["c4", "c3"]
     assert await store.history("nobody") == []

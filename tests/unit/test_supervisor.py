@@ -23,8 +23,8 @@ from cutover.core.model import Color, Cutover, Event, Status
 from cutover.engine.supervisor import RESPAWN_MAX, Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
-from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from tests.unit.test_runner import TrackedStore
 
 GUARD = 5.0  # real seconds a test may take before it fails as hung
 
@@ -50,29 +50,19 @@ CONFIG: dict[str, Any] = {
 }
 
 
-class BuggyStore(SqliteStore):
-    """The real store, whose next ``crashes`` saves raise an exception the runner does not
-    expect (a bug): the runner task dies with it."""
+class BuggyStore(TrackedStore):
+    """The real store (tracking writes in flight), whose next ``crashes`` saves raise an
+    exception the runner does not expect (a bug): the runner task dies with it."""
 
     def __init__(self, *, path: str) -> None:
         super().__init__(path=path)
         self.crashes = 0
-        self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     async def save(self, cutover: Cutover, events: Sequence[Event]) -> Cutover:
         if self.crashes > 0:
             self.crashes -= 1
             raise RuntimeError("simulated bug in save")
-        self.inflight += 1
-        self.idle.clear()
-        try:
-            return await super().save(cutover, events)
-        finally:
-            self.inflight -= 1
-            if not self.inflight:
-                self.idle.set()
+        return await super().save(cutover, events)
 
 
 @dataclass

@@ -370,6 +370,9 @@ class HAProxy:
             "    timeout connect 2s",
             "    timeout client 10s",
             "    timeout server 10s",
+            # a health check may wait this long for a busy app (the default is `inter`,
+            # 500 ms: on a loaded 2-core machine two slow answers marked a healthy app DOWN)
+            "    timeout check 2s",
             "    load-server-state-from-file global",
         ]
         for b in backends:
@@ -382,7 +385,7 @@ class HAProxy:
                 f"backend {b.name}",
                 f"    balance {b.balance}",
                 "    option httpchk GET /healthz",
-                "    default-server check inter 500ms fall 2 rise 1",
+                "    default-server check inter 500ms fall 3 rise 1",
             ]
             out += [f"    server {s} {LOOPBACK}:{p} weight {w}" for s, p, w in b.servers]
         if color_pools and health_port:

@@ -68,7 +68,7 @@ class UncheckedHAProxy(HAProxy):
             "    stats timeout 30s\n", "    stats timeout 30s\n    stats maxconn 1000\n"
         )
         text = text.replace("    option httpchk GET /healthz\n", "")
-        return text.replace("    default-server check inter 500ms fall 2 rise 1\n", "")
+        return text.replace(HAProxy.HEALTH_CHECKS + "\n", "")
 
 
 @dataclass

@@ -318,8 +318,11 @@ class HAProxy:
     """HAProxy 2.6 in master-worker foreground mode with a unix and a TCP admin socket.
 
     One frontend per backend, each on its own free port (:attr:`frontend_ports`); health checks
-    ``GET /healthz`` every 500 ms (down after 2 failures, up after 1 success).
+    ``GET /healthz`` every 500 ms (down after 3 failures of up to 2 s each, up after 1 success).
     """
+
+    #: The health checks of every server (a line of each backend).
+    HEALTH_CHECKS = "    default-server check inter 500ms fall 3 rise 1"
 
     def __init__(
         self,
@@ -385,7 +388,7 @@ class HAProxy:
                 f"backend {b.name}",
                 f"    balance {b.balance}",
                 "    option httpchk GET /healthz",
-                "    default-server check inter 500ms fall 3 rise 1",
+                HAProxy.HEALTH_CHECKS,
             ]
             out += [f"    server {s} {LOOPBACK}:{p} weight {w}" for s, p, w in b.servers]
         if color_pools and health_port:

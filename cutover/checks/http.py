@@ -11,16 +11,14 @@ the loop they are created in), and reused across measurements so connections are
 
 from __future__ import annotations
 
-import errno
-import socket
 import time
 from typing import Annotated, Any, Literal
 
 import aiohttp
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
-from yarl import URL
 
 from cutover.checks.base import CheckSpecBase, MeasureContext, Placeholders
+from cutover.checks.net import check_url, no_answer_reason, shown_seconds, shown_url
 from cutover.core.model import Measurement, Verdict
 from cutover.specs import render
 
@@ -46,17 +44,11 @@ def _check_statuses(value: list[int]) -> list[int]:
     return value
 
 
-def _check_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
 class HttpCheckSpec(CheckSpecBase):
     """``type: http``: pass when the URL answers one of ``expect_status``."""
 
     type: Literal["http"]
-    url: Annotated[str, AfterValidator(_check_url)]
+    url: Annotated[str, AfterValidator(check_url)]
     method: Literal["GET", "HEAD"] = "GET"
     expect_status: Annotated[
         list[int], BeforeValidator(_status_list), AfterValidator(_check_statuses)
@@ -89,40 +81,6 @@ class HttpCheckSpec(CheckSpecBase):
             headers={k: render(v, placeholders) for k, v in self.headers.items()},
             timeout=self.effective_timeout,
         )
-
-
-def _shown(url: str) -> str:
-    """The URL as it may appear in details and logs: without user:password."""
-    try:
-        parsed = URL(url)
-    except (TypeError, ValueError):
-        return url
-    if parsed.user is None and parsed.password is None:
-        return url
-    return str(parsed.with_user(None))
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 else f"{value * 1000:g}ms"
-
-
-def _cause(exc: BaseException) -> str:
-    """A short human reason for a request that got no HTTP answer."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, socket.gaierror):
-            return "host name does not resolve"
-        code = exc.os_error.errno
-        if code == errno.ECONNREFUSED:
-            return "connection refused"
-        if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "host unreachable"
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class HttpCheck:
@@ -158,7 +116,7 @@ class HttpCheck:
         return self._session
 
     async def measure(self, ctx: MeasureContext) -> Measurement:
-        shown = _shown(self.url)
+        shown = shown_url(self.url)
         started = time.monotonic()
         try:
             async with self._client().request(
@@ -169,11 +127,11 @@ class HttpCheck:
                 body = await self._read_body(resp) if self.body_contains is not None else b""
                 status = resp.status
         except TimeoutError:
-            return self._fail(f"no answer from {shown} within {_seconds(self.timeout)}")
+            return self._fail(f"no answer from {shown} within {shown_seconds(self.timeout)}")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return self._fail(f"cannot reach {shown}: {_cause(exc)}")
+            return self._fail(f"cannot reach {shown}: {no_answer_reason(exc)}")
         except Exception as exc:  # a check reports, it never raises (see module docstring)
-            return self._fail(f"request to {shown} failed: {_cause(exc)}")
+            return self._fail(f"request to {shown} failed: {no_answer_reason(exc)}")
         latency = time.monotonic() - started
 
         if status not in self.expect_status:

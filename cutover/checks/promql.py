@@ -27,7 +27,7 @@ import aiohttp
 from pydantic import AfterValidator, Field
 
 from cutover.checks.base import CheckSpecBase
-from cutover.checks.http import _cause, _check_url, _seconds, _shown
+from cutover.checks.net import check_url, no_answer_reason, shown_seconds, shown_url
 from cutover.core.model import Measurement, Verdict
 
 __all__ = [
@@ -61,7 +61,7 @@ QUOTED = 120
 class PromQLSpec(CheckSpecBase):
     """Fields of every check that runs a PromQL instant query (not a check type itself)."""
 
-    url: Annotated[str, AfterValidator(_check_url)]
+    url: Annotated[str, AfterValidator(check_url)]
     query: str = Field(min_length=1)
     on_no_data: OnNoData = "inconclusive"
     #: How several series become one value; without it several series are an error, since a
@@ -205,7 +205,7 @@ class PromClient:
         """``GET {url}/api/v1/query`` answered within :attr:`timeout`; raises
         :class:`QueryFailed` for anything that is not a usable answer."""
         endpoint = url.rstrip("/") + "/api/v1/query"
-        shown = _shown(url)
+        shown = shown_url(url)
         # Prometheus's own timeout too, so a heavy query stops there when we stop waiting
         # (in float seconds: its API parses "0.5" but not "0.5s").
         params = {"query": promql, "timeout": f"{self.timeout:g}"}
@@ -226,11 +226,13 @@ class PromClient:
         except QueryFailed:
             raise
         except TimeoutError:
-            raise QueryFailed(f"no answer from {shown} within {_seconds(self.timeout)}") from None
+            raise QueryFailed(
+                f"no answer from {shown} within {shown_seconds(self.timeout)}"
+            ) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise QueryFailed(f"cannot reach {shown}: {_cause(exc)}") from exc
+            raise QueryFailed(f"cannot reach {shown}: {no_answer_reason(exc)}") from exc
         except Exception as exc:  # a check reports, it never raises (checks/base.py)
-            raise QueryFailed(f"query to {shown} failed: {_cause(exc)}") from exc
+            raise QueryFailed(f"query to {shown} failed: {no_answer_reason(exc)}") from exc
         return parse_answer(status, body)
 
     async def aclose(self) -> None:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `demo` importable
 
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
+from benchlib import pct  # noqa: E402
 
 from demo.prometheus import Prometheus  # noqa: E402
 from demo.stack import Child, LoadLoop, free_port, start_stack, wait_http  # noqa: E402
@@ -138,11 +139,6 @@ async def one_run(api: Api, prometheus: Prometheus, stack: Any) -> dict[str, flo
         "actuate": at["rolled_back"] - at["rollback_started"],
         "total": at["rolled_back"] - t0,
     }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def main(runs: int) -> None:

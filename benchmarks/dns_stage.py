@@ -37,10 +37,10 @@ import dns.asyncquery  # noqa: E402
 import dns.rcode  # noqa: E402
 import dns.tsig  # noqa: E402
 import dns.update  # noqa: E402
+from benchlib import powerdns_spec, rfc2136_spec  # noqa: E402
 
 from cutover.routers.base import Router  # noqa: E402
-from cutover.routers.powerdns import PowerDNSSpec, lua_content  # noqa: E402
-from cutover.routers.rfc2136 import Rfc2136Spec  # noqa: E402
+from cutover.routers.powerdns import lua_content  # noqa: E402
 from demo.dnsservers import Bind, PowerDNS  # noqa: E402
 from demo.stack import make_workdir  # noqa: E402
 
@@ -72,18 +72,14 @@ async def bench_bind(workdir: Path, changes: int, timings: Timings) -> str:
     try:
         secret = workdir / "tsig.secret"
         secret.write_text(bind.key.secret)
-        spec = Rfc2136Spec.model_validate(
-            {
-                "type": "rfc2136",
-                "name": "bind",
-                "server": bind.server,
-                "zone": ZONE,
-                "record": f"www.{ZONE}",
-                "ttl": 30,
-                "tsig": {"name": bind.key.name, "secret_file": str(secret)},
-                "blue": BLUE,
-                "green": GREEN,
-            }
+        spec = rfc2136_spec(
+            server=bind.server,
+            key_name=bind.key.name,
+            secret_file=str(secret),
+            zone=ZONE,
+            record=f"www.{ZONE}",
+            blue=BLUE,
+            green=GREEN,
         )
         router = spec.build(new="green")
         await router.preflight()
@@ -122,19 +118,14 @@ async def bench_pdns(workdir: Path, changes: int, timings: Timings) -> str:
         _, server = await pdns.api("GET", "")
         key = workdir / "pdns.key"
         key.write_text(pdns.api_key)
-        spec = PowerDNSSpec.model_validate(
-            {
-                "type": "powerdns",
-                "name": "pdns",
-                "api_url": pdns.api_url,
-                "api_key_file": str(key),
-                "zone": ZONE,
-                "record": f"www.{ZONE}",
-                "ttl": 30,
-                "dns_server": pdns.server,
-                "blue": BLUE,
-                "green": GREEN,
-            }
+        spec = powerdns_spec(
+            api_url=pdns.api_url,
+            api_key_file=str(key),
+            dns_server=pdns.server,
+            zone=ZONE,
+            record=f"www.{ZONE}",
+            blue=BLUE,
+            green=GREEN,
         )
         router = spec.build(new="green")
         url = f"{pdns.api_url}/api/v1/servers/localhost/zones/{ZONE}"

@@ -48,14 +48,13 @@ import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
 import dns.tsig  # noqa: E402
 import dns.update  # noqa: E402
-from benchlib import row, summary  # noqa: E402
+from benchlib import powerdns_spec, rfc2136_spec, row, summary  # noqa: E402
 
 from cutover.engine.actuation import rollback_once  # noqa: E402
 from cutover.engine.clock import SystemClock  # noqa: E402
 from cutover.routers.base import Router  # noqa: E402
 from cutover.routers.haproxy import HAProxyRouter, HAProxySpec  # noqa: E402
-from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec  # noqa: E402
-from cutover.routers.rfc2136 import Rfc2136Spec  # noqa: E402
+from cutover.routers.powerdns import PowerDNSRouter  # noqa: E402
 from demo.dnsservers import Bind, PowerDNS  # noqa: E402
 from demo.stack import Backend, HAProxy, free_port, make_workdir  # noqa: E402
 
@@ -134,18 +133,14 @@ async def start_bind(workdir: Path) -> tuple[Bind, Target]:
     bind = await Bind.start(workdir, zone=ZONE, records=[f"www 300 IN A {a}" for a in BLUE])
     secret = workdir / "tsig.secret"
     secret.write_text(bind.key.secret)
-    spec = Rfc2136Spec.model_validate(
-        {
-            "type": "rfc2136",
-            "name": "bind",
-            "server": bind.server,
-            "zone": ZONE,
-            "record": RECORD,
-            "ttl": 30,
-            "tsig": {"name": bind.key.name, "secret_file": str(secret)},
-            "blue": BLUE,
-            "green": GREEN,
-        }
+    spec = rfc2136_spec(
+        server=bind.server,
+        key_name=bind.key.name,
+        secret_file=str(secret),
+        zone=ZONE,
+        record=RECORD,
+        blue=BLUE,
+        green=GREEN,
     )
     key = dns.tsig.Key(bind.key.name, bind.key.secret, dns.tsig.HMAC_SHA256)
 
@@ -169,19 +164,14 @@ async def start_pdns(workdir: Path) -> tuple[PowerDNS, Target, http.client.HTTPC
     await pdns.create_zone(ZONE, {(RECORD, "A"): (300, BLUE)})
     key = workdir / "pdns.key"
     key.write_text(pdns.api_key)
-    spec = PowerDNSSpec.model_validate(
-        {
-            "type": "powerdns",
-            "name": "pdns",
-            "api_url": pdns.api_url,
-            "api_key_file": str(key),
-            "zone": ZONE,
-            "record": RECORD,
-            "ttl": 30,
-            "dns_server": pdns.server,
-            "blue": BLUE,
-            "green": GREEN,
-        }
+    spec = powerdns_spec(
+        api_url=pdns.api_url,
+        api_key_file=str(key),
+        dns_server=pdns.server,
+        zone=ZONE,
+        record=RECORD,
+        blue=BLUE,
+        green=GREEN,
     )
     router: PowerDNSRouter = spec.build(new="green")
     body = json.dumps({"rrsets": router.rrsets(0)})

@@ -5,8 +5,10 @@ wrong status is a *fail* — not an *error*, because the thing being checked (th
 what did not answer. So :meth:`HttpCheck.measure` never raises for a network problem; every
 outcome is a :class:`~cutover.core.model.Measurement`.
 
-The session is created lazily, inside the running event loop (aiohttp sessions are bound to
-the loop they are created in), and reused across measurements so connections are kept alive.
+Requests go through the loop's shared session (:data:`cutover.checks.net.SESSIONS`), taken
+lazily inside the running event loop, so connections are kept alive across measurements and
+checks. A timeout that fired far later than asked measured the daemon's starved event loop,
+not green: it is an *error* (counted by ``error_limit`` / ``on_error``), never a fail.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import aiohttp
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from cutover.checks.base import CheckSpecBase, MeasureContext, Placeholders
-from cutover.checks.net import check_url, no_answer_reason, shown_seconds, shown_url
+from cutover.checks.net import (
+    SESSIONS,
+    check_url,
+    late_by,
+    no_answer_reason,
+    shown_seconds,
+    shown_url,
+)
 from cutover.core.model import Measurement, Verdict
 from cutover.specs import render
 
@@ -112,7 +121,7 @@ class HttpCheck:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self.headers)
+            self._session = SESSIONS.acquire()
         return self._session
 
     async def measure(self, ctx: MeasureContext) -> Measurement:
@@ -122,11 +131,20 @@ class HttpCheck:
             async with self._client().request(
                 self.method,
                 self.url,
+                headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
                 body = await self._read_body(resp) if self.body_contains is not None else b""
                 status = resp.status
         except TimeoutError:
+            late = late_by(started, self.timeout, time.monotonic())
+            if late:
+                return Measurement(
+                    verdict=Verdict.ERROR,
+                    detail=f"no answer from {shown} within {shown_seconds(self.timeout)}, but "
+                    f"the daemon's event loop was {late:.1f}s late: not counted against it",
+                    at=time.time(),
+                )
             return self._fail(f"no answer from {shown} within {shown_seconds(self.timeout)}")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return self._fail(f"cannot reach {shown}: {no_answer_reason(exc)}")
@@ -170,4 +188,4 @@ class HttpCheck:
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
-            await session.close()
+            await SESSIONS.release(session)

@@ -1,15 +1,82 @@
-"""Pieces the HTTP-based checks share: URL validation, how a URL and a duration are shown in a
-measurement's detail, and a short human reason for a request that got no HTTP answer."""
+"""Pieces the HTTP-based checks share: one client session per event loop, URL validation, how a
+URL and a duration are shown in a measurement's detail, a short human reason for a request that
+got no HTTP answer, and how late the event loop was when a timeout fired."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import aiohttp
 from yarl import URL
 
-__all__ = ["check_url", "no_answer_reason", "shown_seconds", "shown_url"]
+__all__ = [
+    "SESSIONS",
+    "SessionPool",
+    "check_url",
+    "late_by",
+    "no_answer_reason",
+    "shown_seconds",
+    "shown_url",
+]
+
+#: A timeout that fired this much later than asked (and at least ``LATE_MIN`` seconds) says the
+#: daemon's event loop was starved, not that the far side was slow.
+LATE_FRACTION = 0.5
+LATE_MIN = 0.5
+
+
+@dataclass
+class _Shared:
+    session: aiohttp.ClientSession
+    users: int = 0
+
+
+class SessionPool:
+    """One aiohttp session per event loop, shared by every check that runs in it.
+
+    A session per check costs a connector, its pools and TLS context each: 1000 checks took
+    23 MB more than one shared session (docs/performance.md). The shared session has no cookie
+    jar (services must not see each other's cookies) and no connection limit: each check has
+    at most one request in flight, and a limit would let slow services' requests make the
+    others' wait for a connection and time out. Sessions are bound to their loop, hence one per
+    loop; the last check of a loop to close closes its session."""
+
+    def __init__(self) -> None:
+        self._by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared] = WeakKeyDictionary()
+
+    def acquire(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        shared = self._by_loop.get(loop)
+        if shared is None or shared.session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()
+            )
+            shared = self._by_loop[loop] = _Shared(session)
+        shared.users += 1
+        return shared.session
+
+    async def release(self, session: aiohttp.ClientSession) -> None:
+        shared = self._by_loop.get(asyncio.get_running_loop())
+        if shared is None or shared.session is not session:
+            return
+        shared.users -= 1
+        if shared.users <= 0:
+            del self._by_loop[asyncio.get_running_loop()]
+            await session.close()
+
+
+SESSIONS = SessionPool()
+
+
+def late_by(started: float, timeout: float, now: float) -> float:
+    """Seconds a ``timeout`` started at monotonic ``started`` fired late, when that is enough to
+    blame the daemon's own event loop (0.0 otherwise)."""
+    late = now - started - timeout
+    return late if late >= max(LATE_MIN, LATE_FRACTION * timeout) else 0.0
 
 
 def check_url(value: str) -> str:

@@ -27,7 +27,7 @@ import aiohttp
 from pydantic import AfterValidator, Field
 
 from cutover.checks.base import CheckSpecBase
-from cutover.checks.net import check_url, no_answer_reason, shown_seconds, shown_url
+from cutover.checks.net import SESSIONS, check_url, no_answer_reason, shown_seconds, shown_url
 from cutover.core.model import Measurement, Verdict
 
 __all__ = [
@@ -189,8 +189,8 @@ def single_value(answer: Answer, reduce: Reduce | None) -> float | NoData:
 
 
 class PromClient:
-    """Instant queries over one aiohttp session, created lazily in the running loop (sessions
-    are bound to their loop) and reused so connections are kept alive."""
+    """Instant queries over the loop's shared aiohttp session (:data:`SESSIONS`), taken lazily
+    in the running loop (sessions are bound to their loop), so connections are kept alive."""
 
     def __init__(self, *, timeout: float) -> None:
         self.timeout = timeout
@@ -198,7 +198,7 @@ class PromClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = SESSIONS.acquire()
         return self._session
 
     async def query(self, url: str, promql: str) -> Answer:
@@ -238,4 +238,4 @@ class PromClient:
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
-            await session.close()
+            await SESSIONS.release(session)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
 from cutover.checks.base import MeasureContext
 from cutover.checks.http import HttpCheck, HttpCheckSpec
+from cutover.checks.net import late_by
 from cutover.core.model import Verdict
 
 PLACEHOLDERS = {"new": "green", "old": "blue", "service": "checkout"}
@@ -140,16 +143,49 @@ async def test_placeholders_render_in_url_and_headers(base_url: str) -> None:
     assert f"{base_url}/green/healthz" in m.detail
 
 
-async def test_session_is_reused_and_closed(base_url: str) -> None:
-    check = _spec(url=f"{base_url}/healthz").build(placeholders=PLACEHOLDERS)
-    assert isinstance(check, HttpCheck)
+async def test_checks_share_one_session_closed_by_the_last(base_url: str) -> None:
+    """One session per loop for every check (a session each cost 23 MB at 1000 checks), with
+    each check's own headers per request and no shared cookies; the last close closes it."""
+    first = _spec(url=f"{base_url}/healthz").build(placeholders=PLACEHOLDERS)
+    second = _spec(url=f"{base_url}/{{{{new}}}}/healthz", headers={"X-Color": "{{new}}"}).build(
+        placeholders=PLACEHOLDERS
+    )
+    assert isinstance(first, HttpCheck) and isinstance(second, HttpCheck)
     for _ in range(3):
-        assert (await check.measure(MeasureContext())).verdict is Verdict.PASS
-    session = check._session
-    assert session is not None
-    await check.aclose()
+        assert (await first.measure(MeasureContext())).verdict is Verdict.PASS
+        assert (await second.measure(MeasureContext())).verdict is Verdict.PASS
+    session = first._session
+    assert session is not None and second._session is session
+    assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+    await first.aclose()
+    assert not session.closed
+    assert (await second.measure(MeasureContext())).verdict is Verdict.PASS
+    await second.aclose()
     assert session.closed
-    await check.aclose()  # idempotent
+    await second.aclose()  # idempotent
+
+
+async def test_a_timeout_the_starved_loop_fired_late_is_an_error_not_a_fail(base_url: str) -> None:
+    """The daemon's own loop blocked past the timeout: that measured the daemon, not green."""
+    check = _spec(url=f"{base_url}/slow", timeout="200ms").build(placeholders=PLACEHOLDERS)
+
+    async def starve() -> None:
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # noqa: ASYNC251 -- the blocked loop of an overloaded daemon
+
+    try:
+        m, _ = await asyncio.gather(check.measure(MeasureContext()), starve())
+    finally:
+        await check.aclose()
+    assert m.verdict is Verdict.ERROR
+    assert m.detail.startswith(f"no answer from {base_url}/slow within 200ms, but the daemon")
+
+
+def test_late_by_needs_a_clear_margin() -> None:
+    assert late_by(0.0, 5.0, 5.3) == 0.0  # ordinary timer jitter
+    assert late_by(0.0, 5.0, 8.0) == pytest.approx(3.0)
+    assert late_by(0.0, 0.2, 0.5) == 0.0  # under LATE_MIN
+    assert late_by(0.0, 0.2, 1.0) == pytest.approx(0.8)
 
 
 def test_unknown_placeholder_raises_at_build() -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "allowed_commands",
     "clients_from",
     "new_cutover",
+    "next_deadline",
     "step",
     "undo_plan",
     "undo_refusal",
@@ -754,6 +755,24 @@ def step(c: Cutover, event: Input, now: float) -> Step:
     if result.cutover != c:
         result = replace(result, cutover=replace(result.cutover, updated_at=now))
     return result
+
+
+def next_deadline(c: Cutover) -> float | None:
+    """Seconds of monitored time until a ``Tick`` can change ``c`` by itself (a hold ends, a
+    DNS TTL wait is over, an approval or rollback times out); ``None`` when only another input
+    can. The engine sleeps until then instead of ticking at a fixed rate; elapsed times in
+    between are brought up to date by whatever input comes first."""
+    remaining: float | None = None
+    if c.status is Status.RUNNING and c.phase is Phase.PREFLIGHT:
+        remaining = c.ttl_wait - c.stage_elapsed
+    elif c.status is Status.RUNNING and c.phase is Phase.HOLDING:
+        if c.hold_elapsed < c.stage.hold:
+            remaining = c.stage.hold - c.hold_elapsed
+    elif c.status is Status.AWAITING_APPROVAL and c.stage.approval_timeout is not None:
+        remaining = c.stage.approval_timeout - c.approval_elapsed
+    elif c.status is Status.ROLLING_BACK:
+        remaining = c.plan.rollback_timeout - c.rollback_elapsed
+    return None if remaining is None else max(0.0, remaining)
 
 
 def undo_plan(completed: Plan) -> Plan:

@@ -241,17 +241,31 @@ class Cutover:
                 return r
         raise KeyError(name)
 
-    def only_clocks_differ(self, other: Cutover) -> bool:
-        """True when the two differ in nothing but elapsed time and ``updated_at``: such a
-        change need not be written at once (the hold's progress is persisted periodically)."""
-        clocks = {
+    def only_progress_since(self, before: Cutover) -> bool:
+        """True when this differs from ``before`` only in elapsed times, ``updated_at`` and
+        check measurements that raise no count a rollback or pause is decided on (a pass, a
+        measurement that does not count). Losing such a change in a crash can only make the
+        restarted daemon hold longer and keep counts it would have dropped, so the engine
+        writes it periodically rather than at once."""
+        if len(self.checks) != len(before.checks):
+            return False
+        for now, then in zip(self.checks, before.checks, strict=True):
+            if (
+                now.name != then.name
+                or now.failures_in_window > then.failures_in_window
+                or now.consecutive_inconclusive > then.consecutive_inconclusive
+                or now.consecutive_errors > then.consecutive_errors
+            ):
+                return False
+        progress: dict[str, Any] = {
             "hold_elapsed": 0.0,
             "stage_elapsed": 0.0,
             "approval_elapsed": 0.0,
             "rollback_elapsed": 0.0,
             "updated_at": 0.0,
+            "checks": (),
         }
-        return replace(self, **clocks) == replace(other, **clocks)  # type: ignore[arg-type]
+        return replace(self, **progress) == replace(before, **progress)
 
     def with_router(self, new: RouterStatus) -> Cutover:
         return replace(self, routers=tuple(new if r.name == new.name else r for r in self.routers))

@@ -1827,6 +1827,20 @@ def check_step(prev: Cutover, inp: Input, s: Step, oracle: Oracle, high: list[in
         assert c.stage_index == len(c.plan.stages) - 1 and c.finished_at is not None
     # the storage round trip
     assert roundtrip(c) == c
+    # the runner sleeps until next_deadline: time short of it changes nothing but clocks, and
+    # time that reaches it may (a deadline is never late)
+    check_deadline(c)
+
+
+def check_deadline(c: Cutover) -> None:
+    remaining = machine.next_deadline(c)
+    for dt in (0.0, 0.5 * (remaining or 0.0), max(0.0, (remaining or 1e6) - 1e-6)):
+        early = machine.step(c, Tick(dt=dt), T0 + 10**6).cutover
+        assert early.only_progress_since(c), (c.status, c.phase, remaining, dt)
+        assert (early.status, early.phase, early.stage_index) == (c.status, c.phase, c.stage_index)
+    if remaining is not None and c.status is not RUNNING:  # a timeout: time alone acts
+        late = machine.step(c, Tick(dt=remaining), T0 + 10**6).cutover
+        assert late.status is not c.status, (c.status, remaining)
 
 
 @settings(

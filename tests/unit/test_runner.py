@@ -45,7 +45,7 @@ from cutover.testing import FakeCheck, FakeClock, FakeRouter
 
 #: Real seconds any one test may take before it fails as hung.
 GUARD = 3.0
-STEP = 0.1  # fake seconds per clock step: finer than the runner's 0.25 s tick
+STEP = 0.1  # fake seconds per clock step
 
 STAGES = (
     Stage(weight=10, hold=10.0),
@@ -829,20 +829,54 @@ async def test_store_write_failure_at_a_stage_change_does_not_stall_the_cutover(
         assert all(r.state == {"share": "w50"} for r in s.routers.values())
 
 
-async def test_a_quiet_hold_is_persisted_periodically_not_at_every_tick(
+async def test_a_passing_hold_is_persisted_periodically_not_at_every_measurement(
     scenario: MakeScenario,
 ) -> None:
-    """Only the clocks move during a hold without checks: the runner writes the hold's
-    progress every PERSIST_EVERY seconds, not at each 0.25 s tick."""
-    long_hold = (Stage(weight=10, hold=30.0), Stage(weight=100, hold=1.0))
+    """Only clocks and passing measurements change during a clean hold: the runner writes that
+    progress every PERSIST_EVERY seconds, not at each 1 s measurement (at 1000 cutovers that
+    was the store's main cost), and a clean stop writes the rest."""
+    long_hold = (Stage(weight=10, hold=300.0), Stage(weight=100, hold=1.0))
     async with asyncio.timeout(GUARD):
-        s = await scenario(make_plan(stages=long_hold, checks=()), checks=())
+        s = await scenario(make_plan(stages=long_hold))
         await s.holding(0)
-        before = s.c.revision
-        await s.clock.advance(20.0, step=STEP, settle=s.settle)
-        assert s.c.stage_index == 0 and s.c.hold_elapsed >= 19.0
+        before, measured = s.c.revision, s.checks["health"].measured
+        await s.run_for(2 * PERSIST_EVERY + 5)
+        assert s.checks["health"].measured - measured >= 2 * PERSIST_EVERY
         writes = s.c.revision - before
-        assert 1 <= writes <= 20.0 / PERSIST_EVERY + 2, writes  # + the first read-back
+        assert 1 <= writes <= 3, writes
+        assert (await s.stored()).hold_elapsed < s.c.hold_elapsed
+        await s.stop()
+        assert (await s.stored()).hold_elapsed == pytest.approx(s.c.hold_elapsed)
+
+
+async def test_a_failing_measurement_is_persisted_at_once(scenario: MakeScenario) -> None:
+    """A fail raises the count a rollback is decided on: it survives a crash (PRODUCT.md), so
+    it is written when it is measured, not with the periodic progress."""
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        await s.run_for(2.0)
+        s.checks["health"].set(Verdict.FAIL, detail="503")
+        await s.until(lambda c: c.check("health").failures_in_window == 1, within=3)
+        stored = await s.stored()
+        assert stored.check("health").failures_in_window == 1
+        assert stored.check("health").last is not None
+        assert stored.check("health").last.verdict is Verdict.FAIL
+
+
+async def test_the_timer_follows_the_next_deadline(scenario: MakeScenario) -> None:
+    """No fixed tick: a stage passes when its hold ends, to within a clock step, and a stage
+    entered while a longer timer is armed gets its own, shorter one."""
+    stages = (Stage(weight=10, hold=7.3), Stage(weight=50, hold=0.5), Stage(weight=100, hold=2.0))
+    async with asyncio.timeout(GUARD):
+        s = await scenario(make_plan(stages=stages, checks=()), checks=())
+        entered = await s.holding(0)
+        took = await s.holding(1)
+        assert 7.3 <= took <= 7.3 + 2 * STEP, (entered, took)
+        took = await s.holding(2)
+        assert 0.5 <= took <= 0.5 + 2 * STEP
+        took = await s.until(lambda c: c.status is COMPLETED, within=5)
+        assert 2.0 <= took <= 2.0 + 2 * STEP
 
 
 async def test_a_router_raising_an_untranslated_exception_does_not_stop_the_rollback(

@@ -6,7 +6,9 @@ state (PRODUCT.md, Drift). Transient errors and hanging calls are retried with b
 ``apply_timeout`` on the engine's clock (tenacity measures real time, so it cannot serve the
 injected clock); permanent ones are not. A rollback writes 0 % new with evacuation to every
 router at once and re-reads; it counts as verified when the router *reads* all-old, even if
-the write errored. Routers of one cutover are driven concurrently.
+the write errored. Routers of one cutover are driven concurrently. A router that can write and
+read back in one round trip (:class:`~cutover.routers.base.AppliesAndObserves`) does both
+in one call; when that write fails, the router is read back on its own, as after ``apply``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.metrics import RouterTimer
-from cutover.routers.base import Reading, Router, RouterState
+from cutover.routers.base import AppliesAndObserves, Reading, Router, RouterState
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -102,15 +104,23 @@ async def _shift_attempt(
         return RouterOutcome(router=router.name, result="applied", reading=reading)
     if not force and dict(reading.state) != dict(written_state or {}):
         return RouterOutcome(router=router.name, result="drift", reading=reading)
-    with _timed(timer, router, "apply"):
-        await router.apply(share)
-    reading = await observe(router, timer)
+    reading = await _apply_and_read(router, share, timer)
     if dict(reading.state) != dict(target):
         raise TransientError(
             f"router {router.name}: read back {dict(reading.state)} after setting "
             f"{share}%, expected {dict(target)}"
         )
     return RouterOutcome(router=router.name, result="applied", reading=reading)
+
+
+async def _apply_and_read(router: Router, share: int, timer: RouterTimer | None) -> Reading:
+    """Write ``share`` (timed as ``apply``) and read back: in one call where the router can."""
+    if isinstance(router, AppliesAndObserves):
+        with _timed(timer, router, "apply"):
+            return await router.apply_and_observe(share)
+    with _timed(timer, router, "apply"):
+        await router.apply(share)
+    return await observe(router, timer)
 
 
 async def _shift_one(
@@ -180,15 +190,28 @@ async def shift(
     )
 
 
-async def _rollback_one(router: Router, clock: Clock, timer: RouterTimer | None) -> RouterOutcome:
-    write_error = ""
+async def _rollback_write(
+    router: Router, clock: Clock, timer: RouterTimer | None
+) -> tuple[Reading | None, str]:
+    """Write 0 % with evacuation (timed as ``rollback``), with the read-back where the router
+    does both in one round trip. A write error is returned, not raised: the rollback still
+    counts if the router then reads all-old."""
     try:
         with _timed(timer, router, "rollback"):
+            if isinstance(router, AppliesAndObserves):
+                both = router.apply_and_observe(0, evacuate=True)
+                return await within(clock, CALL_TIMEOUT, both), ""
             await within(clock, CALL_TIMEOUT, router.apply(0, evacuate=True))
     except AdapterError as exc:
-        write_error = str(exc)
+        return None, str(exc)
+    return None, ""
+
+
+async def _rollback_one(router: Router, clock: Clock, timer: RouterTimer | None) -> RouterOutcome:
+    reading, write_error = await _rollback_write(router, clock, timer)
     try:
-        reading = await within(clock, CALL_TIMEOUT, observe(router, timer))
+        if reading is None:
+            reading = await within(clock, CALL_TIMEOUT, observe(router, timer))
         # after the read: a router built after a restart learns its servers from it
         target = router.expected(0, evacuate=True)
     except AdapterError as exc:

@@ -20,7 +20,14 @@ from pydantic import Field, field_validator
 from cutover.core.model import Color
 from cutover.specs import Duration, Spec
 
-__all__ = ["AddressShare", "Reading", "Router", "RouterSpecBase", "RouterState"]
+__all__ = [
+    "AddressShare",
+    "AppliesAndObserves",
+    "Reading",
+    "Router",
+    "RouterSpecBase",
+    "RouterState",
+]
 
 #: What a router holds, as plain JSON-able data: e.g. ``{"green1": "w50", "blue1": "maint"}``.
 RouterState = Mapping[str, str]
@@ -88,6 +95,20 @@ class AddressShare(Protocol):
 
     def address_share(self, share: int) -> float:
         """The new color's share of the addresses published for ``share`` (pure)."""
+        ...
+
+
+@runtime_checkable
+class AppliesAndObserves(Protocol):
+    """A router that can write a share and read itself back in one round trip (HAProxy: the
+    ``set server`` commands and ``show servers state`` on one line). The engine prefers it
+    wherever it would call :meth:`Router.apply` and then :meth:`Router.observe`."""
+
+    async def apply_and_observe(self, share: int, *, evacuate: bool = False) -> Reading:
+        """:meth:`Router.apply`, then what :meth:`Router.observe` would read after it.
+
+        A failed write raises as :meth:`Router.apply` does (with no reading: the caller reads
+        back on its own if it needs to)."""
         ...
 
 

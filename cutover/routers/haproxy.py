@@ -7,10 +7,12 @@ guide, section 9.3 "Unix Socket commands"), over a unix socket (``unix:/path``) 
 Protocol (management guide 9.3): in the default non-interactive mode HAProxy reads one line,
 runs the commands on it that are separated by ``;``, writes their answers one after the other
 and closes the connection. So every call here is *one connection, one line, one round trip*,
-under :attr:`HAProxySpec.timeout`. Each line starts with ``set severity-output number``: error
-answers then come back as ``[3]: No such server.`` while a successful ``set server`` answers
-with nothing. Every answer ends with an empty line, which is how the answers of one line are
-told apart.
+under :attr:`HAProxySpec.timeout` (which includes waiting for a free connection, below). The
+commands of a line run in order, and one that fails does not stop the next (checked with
+2.6.12), so :meth:`HAProxyRouter.apply_and_observe` writes and reads back on one line. Each
+line starts with ``set severity-output number``: error answers then come back as
+``[3]: No such server.`` while a successful ``set server`` answers with nothing. Every answer
+ends with an empty line, which is how the answers of one line are told apart.
 
 Commands used (all from the management guide):
 
@@ -46,6 +48,15 @@ Decisions:
 * **Other servers.** Preflight refuses a backend with unlisted non-backup servers that can take
   traffic (weight > 0, not in maint): they would take a part of the traffic outside the split.
   The observed share counts the listed servers only.
+* **One client per address, shared.** A stats socket takes ``stats maxconn`` connections at
+  once (10 by default) and resets the next one, while a daemon may drive hundreds of services
+  on one HAProxy. All routers of an address (in one event loop) share one
+  :class:`RuntimeAPI`, which opens at most :data:`MAX_CONNECTIONS` (8) at a time and serves
+  reads asked close together (:data:`READ_SPACING`) with one line of ``show servers state
+  <backend>`` commands, each read sent only after it was asked (so a read-back sees the write
+  before it). Per-backend commands rather than one ``show servers state`` of every backend: an
+  answer as large as what was asked, and HAProxy's own error for a missing backend. It keeps
+  no connection between calls, so closing a router releases nothing shared.
 * **Order of one apply.** Servers that end up ready with weight > 0 are written first, the rest
   after, so the backend never has every server at weight 0 between two commands of a line.
 * **Errors.** Any HAProxy error answer ("No such server.", "No such backend.", a static
@@ -60,20 +71,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Self
 
 from pydantic import field_validator, model_validator
 
 from cutover.core.model import Color, other_color
 from cutover.core.weights import effective_share, split_weights
-from cutover.errors import PermanentError, TransientError
+from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.routers.base import Reading, RouterSpecBase, RouterState
 
 __all__ = [
     "DYNAMIC_ALGORITHMS",
+    "MAX_CONNECTIONS",
+    "READ_SPACING",
     "HAProxyRouter",
     "HAProxySpec",
     "RuntimeAPI",
@@ -99,6 +114,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _SEVERITY = re.compile(r"^\[(\d)\]: ?")
 _MAX_LINE = 8000  # HAProxy reads one line into a buffer of tune.bufsize (16 kB by default)
 
+#: Connections open at once to one runtime API address, across all routers of a daemon: a
+#: stats socket accepts ``stats maxconn`` of them (10 by default) and resets the others.
+MAX_CONNECTIONS = 8
+#: Batches of coalesced reads of one address are sent at most this often (20 per second).
+READ_SPACING = 0.05
+
 
 @dataclass(frozen=True)
 class RuntimeAddress:
@@ -108,6 +129,12 @@ class RuntimeAddress:
     path: str = ""
     host: str = ""
     port: int = 0
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
 
 
 def parse_runtime_api(value: str) -> RuntimeAddress:
@@ -184,68 +211,149 @@ class HAProxySpec(RouterSpecBase):
 
 
 class RuntimeAPI:
-    """A tiny HAProxy runtime API client: one connection per command line.
+    """The HAProxy runtime API client of one address, shared by every router of one event loop.
 
-    :meth:`run` sends ``set severity-output number; <cmd>; <cmd>…`` as one line and returns
-    each command's answer (``""`` for a silent success). Connection problems raise
-    :class:`TransientError` naming ``who`` and the address; interpreting the answers is the
-    caller's business.
+    :meth:`run` sends ``set severity-output number; <cmd>; <cmd>…`` as one line on its own
+    connection and returns each command's answer (``""`` for a silent success);
+    :meth:`servers_state` reads one backend's ``show servers state``, coalesced with other
+    routers' reads. Connection problems raise :class:`TransientError` naming the address (the
+    router adds its own name); interpreting the answers is the caller's business.
+
+    It holds no connection between calls, so a router's ``aclose`` has nothing to release here,
+    and while idle nothing loop-bound either: the semaphore lives for one busy period, a read
+    batch until it is answered. Get it with :meth:`of`, never build one per router: the bound
+    only holds if every router of an address shares it.
     """
 
-    def __init__(self, address: str, *, timeout: float, who: str) -> None:
-        self.address = address
-        self._target = parse_runtime_api(address)
-        self._timeout = timeout
-        self._who = who
+    def __init__(self, target: RuntimeAddress) -> None:
+        self.address = str(target)
+        self._target = target
+        self._gate: asyncio.Semaphore | None = None
+        self._users = 0  # calls holding or waiting for a connection slot
+        self._batch: _ReadBatch | None = None  # reads asked for and not yet sent
+        self._last_read = -math.inf  # loop time the last batch was sent
 
-    async def run(self, commands: Sequence[str]) -> list[str]:
+    @staticmethod
+    def of(target: RuntimeAddress) -> RuntimeAPI:
+        """The client of ``target`` in the running event loop."""
+        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(target)
+        if client is None:
+            client = clients[target] = RuntimeAPI(target)
+        return client
+
+    async def run(self, commands: Sequence[str], *, within: float) -> list[str]:
+        """One line, one connection; ``within`` seconds bound waiting for a free connection too."""
         if not commands:
             return []
         line = "; ".join(["set severity-output number", *commands])
-        text = await self._roundtrip(line)
+        where = f"HAProxy runtime API {self.address}"
+        connected = False
+        try:
+            async with asyncio.timeout(within), self._slot():
+                connected = True
+                text = await self._roundtrip(line, within)
+        except TimeoutError as exc:
+            queued = "" if connected else f" (all {MAX_CONNECTIONS} connections to it were busy)"
+            raise TransientError(f"{where}: no answer within {within:g}s{queued}") from exc
         answers = split_answers(text)
         if not answers:
-            raise TransientError(
-                f"{self._who}: HAProxy runtime API {self.address} closed the connection"
-                " without an answer"
-            )
+            raise TransientError(f"{where} closed the connection without an answer")
         if answers[0]:
             raise PermanentError(
-                f"{self._who}: HAProxy runtime API {self.address} refused"
-                f" 'set severity-output number': {strip_severity(answers[0])}"
+                f"{where} refused 'set severity-output number': {strip_severity(answers[0])}"
             )
         answers = answers[1:]
         if len(answers) < len(commands):
             # a line cut short: report an error HAProxy gave, else treat as a broken connection
             errors = [a for a in answers if a]
             if errors:
-                raise PermanentError(
-                    f"{self._who}: HAProxy runtime API {self.address}: {strip_severity(errors[0])}"
-                )
+                raise PermanentError(f"{where}: {strip_severity(errors[0])}")
             raise TransientError(
-                f"{self._who}: HAProxy runtime API {self.address} answered {len(answers)} of"
-                f" {len(commands)} commands (connection cut?)"
+                f"{where} answered {len(answers)} of {len(commands)} commands (connection cut?)"
             )
         return answers[: len(commands)]
 
-    async def _roundtrip(self, line: str) -> str:
-        where = f"{self._who}: HAProxy runtime API {self.address}"
+    async def servers_state(self, backend: str, *, within: float) -> str:
+        """The answer to ``show servers state <backend>``, read after this call started.
+
+        Reads asked while no batch is waiting to be sent start one; the batch is sent at once,
+        or :data:`READ_SPACING` after the previous batch, and every read asked until then joins
+        it: one line ``show servers state b1; show servers state b2; …`` answers them all. A
+        read never joins a batch already sent, so it sees every write finished before it was
+        asked. The batch waits as long as the most patient of its askers."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _ReadBatch(asyncio.get_running_loop().create_future())
+            batch.task = asyncio.create_task(self._send(batch), name=f"read {self.address}")
+        batch.backends.add(backend)
+        batch.within = max(batch.within, within)
+        batch.waiters += 1
+        try:
+            result = await asyncio.shield(batch.answers)
+        except asyncio.CancelledError:
+            batch.waiters -= 1
+            if not batch.waiters:  # nobody waits for it any more
+                if self._batch is batch:
+                    self._batch = None
+                batch.cancel()
+            raise
+        if isinstance(result, AdapterError):  # a fresh exception per asker
+            raise type(result)(str(result)) from result
+        return result[backend]
+
+    async def _send(self, batch: _ReadBatch) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            wait = self._last_read + READ_SPACING - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self._batch is batch:
+                self._batch = None  # reads asked from now on go to the next batch
+            self._last_read = loop.time()
+            backends = sorted(batch.backends)
+            answers: list[str] = []
+            for chunk in _chunks([f"show servers state {b}" for b in backends]):
+                answers += await self.run(chunk, within=batch.within)
+            batch.answers.set_result(dict(zip(backends, answers, strict=True)))
+        except AdapterError as exc:
+            batch.answers.set_result(exc)
+        finally:
+            if self._batch is batch:
+                self._batch = None
+            if not batch.answers.done():  # cancelled
+                batch.answers.set_result(
+                    TransientError(f"HAProxy runtime API {self.address}: the read was cancelled")
+                )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of :data:`MAX_CONNECTIONS` connections (a new semaphore per busy period)."""
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(MAX_CONNECTIONS)
+        gate = self._gate
+        self._users += 1
+        try:
+            async with gate:
+                yield
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._gate = None
+
+    async def _roundtrip(self, line: str, within: float) -> str:
+        where = f"HAProxy runtime API {self.address}"
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._target.scheme == "unix":
-                    reader, writer = await asyncio.open_unix_connection(self._target.path)
-                else:
-                    reader, writer = await asyncio.open_connection(
-                        self._target.host, self._target.port
-                    )
-                writer.write(line.encode() + b"\n")
-                if writer.can_write_eof():
-                    writer.write_eof()
-                await writer.drain()
-                data = await reader.read()  # HAProxy closes after answering the line
-        except TimeoutError as exc:
-            raise TransientError(f"{where}: no answer within {self._timeout:g}s") from exc
+            if self._target.scheme == "unix":
+                reader, writer = await asyncio.open_unix_connection(self._target.path)
+            else:
+                reader, writer = await asyncio.open_connection(self._target.host, self._target.port)
+            writer.write(line.encode() + b"\n")
+            if writer.can_write_eof():
+                writer.write_eof()
+            await writer.drain()
+            data = await reader.read()  # HAProxy closes after answering the line
         except FileNotFoundError as exc:
             raise TransientError(f"{where}: socket file not found (is HAProxy running?)") from exc
         except ConnectionRefusedError as exc:
@@ -258,9 +366,32 @@ class RuntimeAPI:
             if writer is not None:
                 writer.close()
                 with contextlib.suppress(Exception):  # also a TimeoutError: never hang here
-                    async with asyncio.timeout(self._timeout):
+                    async with asyncio.timeout(within):
                         await writer.wait_closed()
         return data.decode("utf-8", errors="replace")
+
+
+@dataclass(eq=False)
+class _ReadBatch:
+    """Reads of servers' state asked for together (see :meth:`RuntimeAPI.servers_state`)."""
+
+    answers: asyncio.Future[dict[str, str] | AdapterError]
+    backends: set[str] = field(default_factory=set)
+    within: float = 0.0
+    waiters: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+#: Each event loop's clients, by address. Routers are built from specs with no owner to hand
+#: them a shared client, so the registry is here; it is weak on the loop (a client holds
+#: nothing loop-bound while idle), so a finished loop's clients go with it and no client is
+#: ever used from two loops.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[RuntimeAddress, RuntimeAPI]]
+_CLIENTS = weakref.WeakKeyDictionary()
 
 
 def split_answers(text: str) -> list[str]:
@@ -369,7 +500,7 @@ class HAProxyRouter:
         self._old: tuple[str, ...] = tuple(spec.blue if new == "green" else spec.green)
         self._new_color: Color = new
         self._who = f"router {spec.name!r}"
-        self._api = RuntimeAPI(spec.runtime_api, timeout=spec.timeout, who=self._who)
+        self._target = parse_runtime_api(spec.runtime_api)
         self._iweights: dict[str, int] | None = None
 
     @property
@@ -414,7 +545,7 @@ class HAProxyRouter:
 
     async def preflight(self) -> None:
         bk = self.backend
-        level, stat, state = await self._api.run(
+        level, stat, state = await self._run(
             ["show cli level", f"show stat {bk} 6 -1", f"show servers state {bk}"]
         )
         level = strip_severity(level)
@@ -474,6 +605,38 @@ class HAProxyRouter:
             )
 
     async def apply(self, share: int, *, evacuate: bool = False) -> None:
+        await self._write(share, evacuate=evacuate, then=[])
+
+    async def apply_and_observe(self, share: int, *, evacuate: bool = False) -> Reading:
+        """:meth:`apply` and :meth:`observe` in one round trip: ``show servers state`` ends the
+        line of ``set server`` commands, and HAProxy runs a line's commands in order (management
+        guide 9.3), so it reads what they wrote. A failed write raises as in :meth:`apply`."""
+        (answer,) = await self._write(
+            share, evacuate=evacuate, then=[f"show servers state {self.backend}"]
+        )
+        return self._reading(self._listed_servers(answer))
+
+    async def observe(self) -> Reading:
+        return self._reading(await self._read())
+
+    async def lower_ttl(self) -> float:
+        return 0.0  # a load balancer's change takes effect at once
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared client holds no connection between calls."""
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _run(self, commands: Sequence[str]) -> list[str]:
+        """One line on the shared client of the address; errors name this router."""
+        try:
+            return await RuntimeAPI.of(self._target).run(commands, within=self._spec.timeout)
+        except AdapterError as exc:
+            raise type(exc)(f"{self._who}: {exc}") from exc
+
+    async def _write(self, share: int, *, evacuate: bool, then: list[str]) -> list[str]:
+        """Set every listed server for ``share``, then run ``then`` on the same (last) line;
+        returns the answers of ``then``."""
         if self._iweights is None:
             await self._read()
         weights = self.weights(share)
@@ -487,19 +650,39 @@ class HAProxyRouter:
                 f"set server {bk}/{server} state {state}",
             ]
             (first if state == "ready" and weights[server] > 0 else last).extend(cmds)
-        commands = first + last
-        for chunk in _chunks(commands):
-            answers = await self._api.run(chunk)
-            for command, answer in zip(chunk, answers, strict=True):
-                if answer:
+        writes = len(first) + len(last)
+        answers: list[str] = []
+        for chunk in _chunks(first + last + then):
+            for command, answer in zip(chunk, await self._run(chunk), strict=True):
+                if len(answers) < writes and answer:
                     server = command.split()[2].partition("/")[2]
                     raise PermanentError(
                         f"{self._who}: HAProxy backend {bk!r}, server {server!r}:"
                         f" '{command}' failed: {strip_severity(answer)}"
                     )
+                answers.append(answer)
+        return answers[writes:]
 
-    async def observe(self) -> Reading:
-        servers = await self._read()
+    async def _read(self) -> dict[str, _Server]:
+        try:
+            answer = await RuntimeAPI.of(self._target).servers_state(
+                self.backend, within=self._spec.timeout
+            )
+        except AdapterError as exc:
+            raise type(exc)(f"{self._who}: {exc}") from exc
+        return self._listed_servers(answer)
+
+    def _listed_servers(self, answer: str) -> dict[str, _Server]:
+        servers = self._servers_from(answer)
+        missing = [s for s in (*self._old, *self._new) if s not in servers]
+        if missing:
+            raise PermanentError(
+                f"{self._who}: HAProxy backend {self.backend!r} has no server(s)"
+                f" {', '.join(missing)}"
+            )
+        return servers
+
+    def _reading(self, servers: dict[str, _Server]) -> Reading:
         mine = [servers[s] for s in (*self._old, *self._new)]
         share = effective_share(
             (s.name in self._new, s.uweight, s.up, s.maint or s.drain) for s in mine
@@ -509,25 +692,6 @@ class HAProxyRouter:
             state={s.name: s.state for s in mine},
             detail=self._detail(servers),
         )
-
-    async def lower_ttl(self) -> float:
-        return 0.0  # a load balancer's change takes effect at once
-
-    async def aclose(self) -> None:
-        """Nothing to release: every command uses its own connection."""
-
-    # --- helpers ------------------------------------------------------------------------
-
-    async def _read(self) -> dict[str, _Server]:
-        (answer,) = await self._api.run([f"show servers state {self.backend}"])
-        servers = self._servers_from(answer)
-        missing = [s for s in (*self._old, *self._new) if s not in servers]
-        if missing:
-            raise PermanentError(
-                f"{self._who}: HAProxy backend {self.backend!r} has no server(s)"
-                f" {', '.join(missing)}"
-            )
-        return servers
 
     def _servers_from(self, answer: str) -> dict[str, _Server]:
         if _is_error(answer):

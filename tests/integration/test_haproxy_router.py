@@ -7,17 +7,27 @@ counted per color, never per server (recipes/lb-and-metrics.md, pitfall 5).
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from cutover.engine.actuation import rollback_once, shift
+from cutover.engine.clock import SystemClock
 from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import Reading
-from cutover.routers.haproxy import HAProxyRouter, HAProxySpec
+from cutover.routers.haproxy import (
+    MAX_CONNECTIONS,
+    HAProxyRouter,
+    HAProxySpec,
+    RuntimeAPI,
+    parse_runtime_api,
+)
 from demo.stack import free_port, split
 from tests.integration.conftest import HAProxyStack
 
@@ -234,6 +244,210 @@ async def test_silent_runtime_api_times_out() -> None:
         await asyncio.gather(*handlers)
         server.close()
         await server.wait_closed()
+
+
+# (i) many routers on one HAProxy: one shared, bounded client per address ------------------------
+
+
+async def test_many_routers_on_one_haproxy_at_default_stats_maxconn(
+    haproxy_stack: HAProxyStack,
+) -> None:
+    """HAProxy's stats socket resets connections beyond ``stats maxconn`` (10 by default, as
+    in the test stack): 40 routers writing and reading at once must still all succeed."""
+    routers = [
+        HAProxySpec.model_validate(
+            haproxy_stack.spec_values(name=f"svc{i}", backend=("checkout", "randomized")[i % 2])
+        ).build(new="green")
+        for i in range(40)
+    ]
+    await asyncio.gather(*(r.preflight() for r in routers))
+    for share in (10, 60, 0):
+        await asyncio.gather(*(r.apply(share) for r in routers))
+        readings = await asyncio.gather(*(r.observe() for r in routers))
+        assert all(
+            reading.state == r.expected(share) for r, reading in zip(routers, readings, strict=True)
+        )
+        readings = await asyncio.gather(*(r.apply_and_observe(share) for r in routers))
+        assert all(
+            reading.state == r.expected(share) for r, reading in zip(routers, readings, strict=True)
+        )
+    await asyncio.gather(*(r.aclose() for r in routers))
+    assert (await routers[0].observe()).state == routers[0].expected(0)  # still usable
+
+
+async def test_coalesced_reads_after_a_write_see_the_write(haproxy_stack: HAProxyStack) -> None:
+    writer = await ready_router(haproxy_stack)
+    readers = [
+        HAProxySpec.model_validate(haproxy_stack.spec_values(name=f"r{i}")).build(new="green")
+        for i in range(25)
+    ]
+    for share in (30, 70, 0):
+        await asyncio.gather(*(r.observe() for r in readers))  # a batch just went out
+        await writer.apply(share)
+        readings = await asyncio.gather(*(r.observe() for r in readers))
+        assert {tuple(sorted(r.state.items())) for r in readings} == {
+            tuple(sorted(writer.expected(share).items()))
+        }
+
+
+async def test_apply_and_observe_returns_the_written_state(haproxy_stack: HAProxyStack) -> None:
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values()).build(new="green")
+    for share in (0, 25, 50, 100):
+        reading = await router.apply_and_observe(share)  # the first one learns the weights
+        assert reading.state == router.expected(share)
+        assert reading.share == pytest.approx(share)
+        assert reading == await router.observe()
+    reading = await router.apply_and_observe(0, evacuate=True)
+    assert reading.state == router.expected(0, evacuate=True)
+    assert reading.detail == "blue 2/2 up, green 0/2 up (2 maint)"
+
+
+async def test_apply_and_observe_reports_an_haproxy_error_as_apply_does(
+    haproxy_stack: HAProxyStack,
+) -> None:
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend="static")).build(
+        new="green"
+    )
+    with pytest.raises(PermanentError, match=r"server 'blue1'.*static LB algorithm") as applied:
+        await router.apply(10)
+    with pytest.raises(PermanentError, match=r"server 'blue1'.*static LB algorithm") as both:
+        await router.apply_and_observe(10)
+    assert str(both.value) == str(applied.value)
+    # the engine: a forward shift fails with that error, as it did after apply
+    (outcome,) = await shift(
+        {"static": router},
+        10,
+        written_states={},
+        force=True,
+        apply_timeout=1.0,
+        clock=SystemClock(),
+    )
+    assert (outcome.result, outcome.error) == ("failed", str(applied.value))
+    # a rollback reads back on its own: HAProxy ran the rest of the line (weight 0 and maint
+    # for green are accepted), so it reads all-old and counts, as it did after apply
+    (outcome,) = await rollback_once({"static": router}, SystemClock())
+    assert outcome.result == "applied", outcome.error
+    assert outcome.reading is not None
+    assert outcome.reading.state == router.expected(0, evacuate=True)
+
+
+class FakeRuntimeAPI:
+    """A unix-socket stand-in for HAProxy's runtime API that counts connections.
+
+    It runs each line when it arrives, as HAProxy does (``set server b/s weight N`` changes
+    ``weights``, other ``set`` commands only answer), and writes the answers ``delay`` seconds
+    later; ``show servers state <b>`` lists ``weights`` (every server UP, in no maintenance).
+    """
+
+    def __init__(self, path: Path, *, delay: float) -> None:
+        self.path = path
+        self.delay = delay
+        self.weights = {"blue1": 10, "green1": 10}
+        self.lines: list[str] = []
+        self.connections = self.open = self.most_open = 0
+        self.arrived = asyncio.Event()
+        self._handlers: list[asyncio.Task[object]] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FakeRuntimeAPI:
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*self._handlers)
+
+    def spec(self, name: str) -> HAProxySpec:
+        return HAProxySpec.model_validate(
+            {**GOOD, "name": name, "runtime_api": f"unix:{self.path}", "backend": "b"}
+            | {"blue": ["blue1"], "green": ["green1"]}
+        )
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            line = (await reader.readline()).decode().strip()
+            self.lines.append(line)
+            answer = "".join(self._run(command.strip()) for command in line.split(";"))
+            self.arrived.set()
+            await asyncio.sleep(self.delay)
+            writer.write(answer.encode())
+            await writer.drain()
+        finally:
+            self.open -= 1
+            writer.close()
+
+    def _run(self, command: str) -> str:
+        words = command.split()
+        if words[:3] == ["show", "servers", "state"]:
+            rows = "".join(
+                f"3 b {i} {name} 127.0.0.1 2 0 {weight} 10\n"
+                for i, (name, weight) in enumerate(self.weights.items(), 1)
+            )
+            header = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state"
+            return f"1\n{header} srv_uweight srv_iweight\n{rows}\n"
+        if words[:2] == ["set", "server"] and words[3] == "weight":
+            self.weights[words[2].partition("/")[2]] = int(words[4])
+        return "\n"
+
+
+async def test_shared_client_bounds_connections_and_coalesces_reads(tmp_path: Path) -> None:
+    async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.05) as api:
+        routers = [api.spec(f"svc{i}").build(new="green") for i in range(30)]
+        readings = await asyncio.gather(*(r.observe() for r in routers))
+        assert api.connections == 1  # asked together: one line for all
+        assert api.lines[0].count("show servers state b") == 1  # one backend, asked once
+        assert {r.state["green1"] for r in readings} == {"w10"}
+
+        await asyncio.gather(*(r.apply(50) for r in routers))
+        assert api.connections == 31
+        assert api.most_open == MAX_CONNECTIONS  # at once, never more
+
+
+async def test_a_read_never_joins_a_batch_already_sent(tmp_path: Path) -> None:
+    async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.2) as api:
+        first, writer, late = (api.spec(n).build(new="green") for n in ("first", "writer", "late"))
+        await writer.observe()  # learns the configured weights
+        api.arrived.clear()
+        early = asyncio.create_task(first.observe())
+        await api.arrived.wait()  # its line is at the server, the answer still to come
+        await writer.apply(100)
+        after = await late.observe()  # asked after the write: a new line, not the one in flight
+        assert after.state == {"blue1": "w0", "green1": "w10"}
+        assert (await early).state == {"blue1": "w10", "green1": "w10"}
+        assert api.lines[-1].endswith("show servers state b")
+        assert api.connections == 4
+
+
+def test_a_client_is_per_event_loop_and_does_not_outlive_it(tmp_path: Path) -> None:
+    async def busy() -> RuntimeAPI:
+        async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.01) as api:
+            routers = [api.spec(f"svc{i}").build(new="green") for i in range(20)]
+            await asyncio.gather(*(r.observe() for r in routers))
+            await asyncio.gather(*(r.apply(30) for r in routers))  # waits for free connections
+            return RuntimeAPI.of(parse_runtime_api(f"unix:{api.path}"))
+
+    loop = asyncio.new_event_loop()
+    try:
+        client = loop.run_until_complete(busy())
+    finally:
+        loop.close()
+    other = asyncio.new_event_loop()
+    try:
+        assert other.run_until_complete(busy()) is not client
+    finally:
+        other.close()
+    gone = weakref.ref(loop)
+    del loop, other, client
+    gc.collect()
+    assert gone() is None
 
 
 # (f) balance algorithms where weights do not set the split -----------------------------------

@@ -7,7 +7,7 @@ Everything here is an immutable dataclass with ``with_…``-style updates throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -257,15 +257,7 @@ class Cutover:
                 or now.consecutive_errors > then.consecutive_errors
             ):
                 return False
-        progress: dict[str, Any] = {
-            "hold_elapsed": 0.0,
-            "stage_elapsed": 0.0,
-            "approval_elapsed": 0.0,
-            "rollback_elapsed": 0.0,
-            "updated_at": 0.0,
-            "checks": (),
-        }
-        return replace(self, **progress) == replace(before, **progress)
+        return all(getattr(self, f) == getattr(before, f) for f in _NOT_PROGRESS)
 
     def with_router(self, new: RouterStatus) -> Cutover:
         return replace(self, routers=tuple(new if r.name == new.name else r for r in self.routers))
@@ -313,6 +305,22 @@ class Cutover:
             spec=d.get("spec", {}),
             revision=d["revision"],
         )
+
+
+#: The fields of a :class:`Cutover` that are more than progress (``only_progress_since``).
+_NOT_PROGRESS = tuple(
+    f.name
+    for f in fields(Cutover)
+    if f.name
+    not in (
+        "hold_elapsed",
+        "stage_elapsed",
+        "approval_elapsed",
+        "rollback_elapsed",
+        "updated_at",
+        "checks",
+    )
+)
 
 
 def _measurement(d: dict[str, Any]) -> Measurement:

@@ -96,6 +96,8 @@ class Runner:
         # one timer to the cutover's next deadline (machine.next_deadline), not a fixed tick
         self._timer: asyncio.Task[None] | None = None
         self._wake_at = float("inf")
+        # per router: the last good read-back handled and what the cutover was after it
+        self._last_reading: dict[str, tuple[Observed, tuple[object, ...]]] = {}
         self._last_mono = clock.monotonic()
         self._last_persist = self._last_mono
         self._persisted = cutover  # as last written to the store
@@ -188,6 +190,8 @@ class Runner:
     # --- the loop -------------------------------------------------------------------------
 
     async def _handle(self, item: _Item, fut: asyncio.Future[Step] | None) -> None:
+        if isinstance(item, _ReadBack) and self._repeats_last_reading(item):
+            return
         now_mono = self._clock.monotonic()
         dt = max(0.0, now_mono - self._last_mono)
         self._last_mono = now_mono
@@ -201,6 +205,22 @@ class Runner:
             fut.set_result(step)
         await self._commit(before, step, now_mono)
         self._arm_timer(fired=isinstance(item, _Wake))
+        if isinstance(event, Observed) and not event.error:
+            self._last_reading[event.router] = (event, self._reading_context(event.router))
+
+    def _reading_context(self, router: str) -> tuple[object, ...]:
+        c = self.cutover
+        return (c.router(router), c.status, c.phase, c.stage_index)
+
+    def _repeats_last_reading(self, rb: _ReadBack) -> bool:
+        """A periodic read-back equal to the last one handled, with the cutover unchanged for
+        it since: the machine would decide exactly what it decided then, so it is not stepped
+        (at 1000 cutovers, most read-backs). A new reading or an error always goes through."""
+        last = self._last_reading.get(rb.router)
+        if last is None or rb.reading is None:
+            return False
+        observed = self._observed(self.cutover, rb)
+        return observed == last[0] and self._reading_context(rb.router) == last[1]
 
     def _arm_timer(self, *, fired: bool) -> None:
         """Wake the runner when time alone can next change the cutover. An armed timer that is

@@ -596,6 +596,26 @@ async def test_drift_during_a_hold_pauses_by_default(scenario: MakeScenario) -> 
         assert (await s.kinds()).count("drift") == 1
 
 
+async def test_a_repeated_read_back_is_not_stepped_but_a_new_one_is(
+    scenario: MakeScenario,
+) -> None:
+    """The periodic read-back of a quiet hold equals the last one: the runner does not step
+    the machine for it (the cutover object stays the same), yet drift still pauses."""
+    long_hold = (Stage(weight=10, hold=300.0), Stage(weight=100, hold=1.0))
+    async with asyncio.timeout(GUARD):
+        s = await scenario(make_plan(stages=long_hold, checks=()), checks=())
+        await s.holding(0)
+        await s.run_for(12)  # the first periodic read-backs are handled and remembered
+        quiet = s.c
+        reads = len(s.routers["dns"].ops("observe"))
+        await s.run_for(12)
+        assert len(s.routers["dns"].ops("observe")) > reads
+        assert s.c is quiet
+        s.routers["dns"].set_by_hand(0)
+        await s.until(lambda c: c.status is PAUSED, within=12)
+        assert (await s.kinds()).count("drift") == 1
+
+
 async def test_drift_with_on_drift_rollback_rolls_back(scenario: MakeScenario) -> None:
     async with asyncio.timeout(GUARD):
         s = await scenario(make_plan(on_drift="rollback"))

@@ -110,7 +110,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(
-        body=request.app[METRICS].render(),
+        body=await request.app[METRICS].scrape(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 

@@ -21,11 +21,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +36,7 @@ import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import dns.tsig
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -48,6 +52,7 @@ __all__ = [
     "TsigAlgorithm",
     "absolute_name",
     "exchange",
+    "exchange_all",
     "load_secret",
     "parse_server",
     "rcode_error",
@@ -185,12 +190,61 @@ async def exchange(
     every failure to get a verified answer becomes a Transient/PermanentError that names
     the router, the server and the TSIG key name, never the secret."""
     host, port = server
-    where = f"{who}: DNS server {host}:{port}"
-    key = f"TSIG key {key_name!r}"
-    try:
+    with _translated(server, who=who, key_name=key_name, within=within):
         if udp:
             return await dns.asyncquery.udp(message, host, port=port, timeout=within)
         return await dns.asyncquery.tcp(message, host, port=port, timeout=within)
+
+
+async def exchange_all(
+    queries: Sequence[dns.message.Message], server: ServerAddress, *, within: float, who: str
+) -> list[dns.message.Message]:
+    """The answers to unsigned ``queries``, in their order, asked on one TCP connection.
+
+    The queries are pipelined (RFC 7766 6.2.1.1: sent without waiting for an answer; the
+    server may answer them in any order, so each answer is matched to its query); one
+    connection instead of one per query. A server that closes the connection before it
+    answered them all (one answer per connection, as old servers do) is asked the rest on a
+    connection each. ``within`` bounds it all; errors as :func:`exchange`."""
+    host, port = server
+    answers: dict[int, dns.message.Message] = {}  # by the query's index
+    with _translated(server, who=who, key_name=None, within=within):
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                # each message with its two-byte length (RFC 1035 4.2.2), all in one write
+                writer.write(b"".join(q.to_wire(prepend_length=True) for q in queries))
+                await writer.drain()
+                with contextlib.suppress(EOFError):  # closed early: the rest one by one below
+                    while len(answers) < len(queries):
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        answer = dns.message.from_wire(await reader.readexactly(size))
+                        index = next(
+                            (i for i, q in enumerate(queries) if q.is_response(answer)), None
+                        )
+                        if index is None or index in answers:
+                            raise dns.query.BadResponse
+                        answers[index] = answer
+            finally:
+                writer.close()
+            rest = [i for i in range(len(queries)) if i not in answers]
+            again = await asyncio.gather(
+                *(dns.asyncquery.tcp(queries[i], host, port=port) for i in rest)
+            )
+    answers.update(zip(rest, again, strict=True))
+    return [answers[i] for i in range(len(queries))]
+
+
+@contextlib.contextmanager
+def _translated(
+    server: ServerAddress, *, who: str, key_name: str | None, within: float
+) -> Iterator[None]:
+    """dnspython's and the socket's exceptions as Transient/PermanentErrors (module docstring)."""
+    host, port = server
+    where = f"{who}: DNS server {host}:{port}"
+    key = f"TSIG key {key_name!r}"
+    try:
+        yield
     except dns.tsig.PeerBadKey as exc:
         raise PermanentError(
             f"{where} does not know {key} with this algorithm (BADKEY): check tsig.name and"

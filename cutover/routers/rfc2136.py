@@ -22,8 +22,11 @@ Decisions:
   overwrites a hand edit. (RFC 2136 has no prerequisite on the SOA serial; TTLs are not
   compared by prerequisites, §2.4.)
 * **Read-back over TCP** from the authoritative server itself: A, AAAA and SOA, each answer
-  required to carry the AA flag. The state is ``{"A": …, "AAAA": …, "ttl": …}`` with sorted
-  addresses; the SOA serial goes into the detail.
+  required to carry the AA flag. The three queries share one connection, pipelined
+  (RFC 7766 6.2.1.1; :func:`cutover.routers.dns_common.exchange_all`): TCP rather than UDP,
+  so a server reachable over TCP only (e.g. through an SSH tunnel) works, and no truncation.
+  The state is ``{"A": …, "AAAA": …, "ttl": …}`` with sorted addresses; the SOA serial goes
+  into the detail.
 * **Preflight** proves the TSIG key with an UPDATE whose only content is the prerequisite
   "the zone's SOA exists" (§2.4.1): the server verifies the signature and the update policy,
   changes nothing and does not bump the serial (checked with BIND 9.18 and PowerDNS 4.7).
@@ -35,7 +38,6 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -58,6 +60,7 @@ from cutover.routers.dns_common import (
     TsigAlgorithm,
     absolute_name,
     exchange,
+    exchange_all,
     load_secret,
     parse_server,
     rcode_error,
@@ -288,13 +291,10 @@ class Rfc2136Router:
             )
         raise rcode_error(rcode, self._where, f"{doing} (TSIG key {self._spec.tsig.name!r})")
 
-    async def _query(
-        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-    ) -> dns.message.Message:
-        query = dns.message.make_query(name, rdtype, dns.rdataclass.IN)
-        query.flags &= ~dns.flags.RD  # ask the authoritative data, nothing recursive
-        answer = await exchange(query, self._server, within=self._spec.timeout, who=self._who)
-        doing = f"query {name} {dns.rdatatype.to_text(rdtype)}"
+    def _checked(self, answer: dns.message.Message) -> dns.message.Message:
+        """An answer of the read-back, refused unless NOERROR/NXDOMAIN and authoritative."""
+        question = answer.question[0]
+        doing = f"query {question.name} {dns.rdatatype.to_text(question.rdtype)}"
         if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             raise rcode_error(answer.rcode(), self._where, doing)
         if not answer.flags & dns.flags.AA:
@@ -305,11 +305,19 @@ class Rfc2136Router:
         return answer
 
     async def _read(self) -> _Snapshot:
-        soa, a, aaaa = await asyncio.gather(
-            self._query(self._zone, dns.rdatatype.SOA),
-            self._query(self._record, dns.rdatatype.A),
-            self._query(self._record, dns.rdatatype.AAAA),
+        queries = []
+        for name, rdtype in (
+            (self._zone, dns.rdatatype.SOA),
+            (self._record, dns.rdatatype.A),
+            (self._record, dns.rdatatype.AAAA),
+        ):
+            query = dns.message.make_query(name, rdtype, dns.rdataclass.IN)
+            query.flags &= ~dns.flags.RD  # ask the authoritative data, nothing recursive
+            queries.append(query)
+        answers = await exchange_all(
+            queries, self._server, within=self._spec.timeout, who=self._who
         )
+        soa, a, aaaa = (self._checked(answer) for answer in answers)
         soa_rrset = soa.get_rrset(soa.answer, self._zone, dns.rdataclass.IN, dns.rdatatype.SOA)
         if soa.rcode() != dns.rcode.NOERROR or soa_rrset is None:
             raise PermanentError(

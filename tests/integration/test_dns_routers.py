@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncquery
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 from cutover.config import load_config
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.logging import configure_logging
+from cutover.routers.dns_common import exchange_all
 from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec, lua_content
 from cutover.routers.rfc2136 import Rfc2136Router, Rfc2136Spec
 from demo.dnsservers import Bind, PowerDNS, find_binary, free_dns_port, new_tsig_key
@@ -448,6 +450,79 @@ async def test_bind_preflight_refusals(bind_server: Bind, tmp_path: Path) -> Non
     await raw_update(bind_server, lambda u: u.add("www", 300, "A", "203.0.113.5"))
     message = await refusal(PermanentError)
     assert "publishes 203.0.113.5, in neither blue nor green" in message
+
+
+class FakeDns:
+    """A TCP DNS server that answers every query authoritatively with an empty NOERROR.
+
+    ``reverse`` answers the queries that came in one read in reverse order (as RFC 7766 lets a
+    server do); ``one_per_connection`` closes after the first answer, as old servers do."""
+
+    def __init__(self, *, reverse: bool = False, one_per_connection: bool = False) -> None:
+        self.reverse = reverse
+        self.one_per_connection = one_per_connection
+        self.connections = 0
+        self._handlers: list[asyncio.Task[object]] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return "127.0.0.1", self._server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*self._handlers)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
+        self.connections += 1
+        try:
+            data = b""
+            while not data or len(data) < 2 + int.from_bytes(data[:2], "big"):
+                data += await reader.read(65536)
+            queries = []
+            while data:
+                size = int.from_bytes(data[:2], "big")
+                queries.append(dns.message.from_wire(data[2 : 2 + size]))
+                data = data[2 + size :]
+            if self.reverse:
+                queries.reverse()
+            for q in queries[:1] if self.one_per_connection else queries:
+                answer = dns.message.make_response(q)
+                answer.flags |= dns.flags.AA
+                writer.write(answer.to_wire(prepend_length=True))
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("server", ["reverse", "one_per_connection"])
+async def test_read_back_queries_share_one_connection_when_the_server_lets_them(
+    server: str,
+) -> None:
+    queries = [
+        dns.message.make_query(name, rdtype)
+        for name, rdtype in ((DNS_ZONE, "SOA"), (WWW, "A"), (WWW, "AAAA"))
+    ]
+    fake = FakeDns(**{server: True})
+    async with fake as address:
+        answers = await exchange_all(queries, address, within=2.0, who="router 'dns'")
+    assert [a.question for a in answers] == [q.question for q in queries]
+    assert all(q.is_response(a) for q, a in zip(queries, answers, strict=True))
+    # pipelined on one connection; a server that answers once per connection is asked the
+    # rest on a connection each
+    assert fake.connections == (1 if server == "reverse" else 3)
+
+
+async def test_read_back_queries_to_a_closed_port_are_transient() -> None:
+    query = dns.message.make_query(WWW, "A")
+    down = ("127.0.0.1", free_dns_port())
+    with pytest.raises(TransientError, match=r"router 'dns': DNS server .* connection refused"):
+        await exchange_all([query], down, within=2.0, who="router 'dns'")
 
 
 async def test_rfc2136_against_powerdns(pdns_server: PowerDNS, tmp_path: Path) -> None:

@@ -57,16 +57,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 class UncheckedHAProxy(HAProxy):
     """The demo HAProxy without health checks (N x 2 servers would otherwise be probed every
-    500 ms; a server without checks counts as UP), and with ``stats maxconn 1000``: the
-    default of 10 concurrent runtime API connections resets the 11th, and N runners each
-    open their own (HAProxy 2.6 configuration manual, ``stats maxconn``)."""
+    500 ms; a server without checks counts as UP). ``stats maxconn`` stays at its default of
+    10: the daemon's routers share one runtime-API client per HAProxy that opens at most 8
+    connections at once."""
 
     @staticmethod
     def config(*args: Any, **kwargs: Any) -> str:
         text = HAProxy.config(*args, **kwargs)
-        text = text.replace(
-            "    stats timeout 30s\n", "    stats timeout 30s\n    stats maxconn 1000\n"
-        )
         text = text.replace("    option httpchk GET /healthz\n", "")
         return text.replace(HAProxy.HEALTH_CHECKS + "\n", "")
 

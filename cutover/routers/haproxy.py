@@ -249,13 +249,13 @@ class RuntimeAPI:
             return []
         line = "; ".join(["set severity-output number", *commands])
         where = f"HAProxy runtime API {self.address}"
-        connected = False
+        admitted = False  # to one of the connections
         try:
             async with asyncio.timeout(within), self._slot():
-                connected = True
+                admitted = True
                 text = await self._roundtrip(line, within)
         except TimeoutError as exc:
-            queued = "" if connected else f" (all {MAX_CONNECTIONS} connections to it were busy)"
+            queued = "" if admitted else f" (all {MAX_CONNECTIONS} connections to it were busy)"
             raise TransientError(f"{where}: no answer within {within:g}s{queued}") from exc
         answers = split_answers(text)
         if not answers:

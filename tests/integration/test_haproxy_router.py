@@ -7,6 +7,7 @@ counted per color, never per server (recipes/lb-and-metrics.md, pitfall 5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import time
@@ -359,10 +360,10 @@ class FakeRuntimeAPI:
         await self._server.wait_closed()
         await asyncio.gather(*self._handlers)
 
-    def spec(self, name: str) -> HAProxySpec:
+    def spec(self, name: str, **changes: object) -> HAProxySpec:
         return HAProxySpec.model_validate(
             {**GOOD, "name": name, "runtime_api": f"unix:{self.path}", "backend": "b"}
-            | {"blue": ["blue1"], "green": ["green1"]}
+            | {"blue": ["blue1"], "green": ["green1"], **changes}
         )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -379,7 +380,8 @@ class FakeRuntimeAPI:
             self.arrived.set()
             await asyncio.sleep(self.delay)
             writer.write(answer.encode())
-            await writer.drain()
+            with contextlib.suppress(ConnectionError):  # the client may have given up
+                await writer.drain()
         finally:
             self.open -= 1
             writer.close()
@@ -409,6 +411,18 @@ async def test_shared_client_bounds_connections_and_coalesces_reads(tmp_path: Pa
         await asyncio.gather(*(r.apply(50) for r in routers))
         assert api.connections == 31
         assert api.most_open == MAX_CONNECTIONS  # at once, never more
+
+
+async def test_a_call_that_waited_for_a_free_connection_says_so(tmp_path: Path) -> None:
+    async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.5) as api:
+        routers = [api.spec(f"svc{i}", timeout="200ms").build(new="green") for i in range(12)]
+        got = await asyncio.gather(*(r.preflight() for r in routers), return_exceptions=True)
+        errors = sorted(str(e) for e in got if isinstance(e, TransientError))
+        assert len(errors) == 12 and api.most_open == MAX_CONNECTIONS
+        busy = f"no answer within 0.2s (all {MAX_CONNECTIONS} connections to it were busy)"
+        assert sum(e.endswith(busy) for e in errors) == 12 - MAX_CONNECTIONS
+        assert sum(e.endswith("no answer within 0.2s") for e in errors) == MAX_CONNECTIONS
+        assert all(re.match(r"router 'svc\d+': HAProxy runtime API unix:", e) for e in errors)
 
 
 async def test_a_read_never_joins_a_batch_already_sent(tmp_path: Path) -> None:

@@ -22,10 +22,11 @@ Nothing here sleeps for real or touches the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -73,6 +74,30 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), fut))
         await fut  # a cancelled sleeper leaves a cancelled future; it is skipped on waking
+
+    @contextlib.asynccontextmanager
+    async def timeout(self, seconds: float) -> AsyncIterator[None]:
+        """Cancel the block when the clock has been advanced by ``seconds``; raise
+        :class:`TimeoutError` for it then (as :func:`asyncio.timeout` does)."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        async def expire() -> None:
+            nonlocal expired
+            await self.sleep(seconds)
+            expired = True
+            task.cancel()
+
+        watcher = asyncio.create_task(expire())
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            watcher.cancel()
 
     # --- test controls ----------------------------------------------------------------------
 

@@ -72,22 +72,15 @@ async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> 
     tests too). Running out of time raises :class:`TransientError`; so does any exception an
     adapter should have translated but did not: a misbehaving router is a failing router, and
     a rollback keeps retrying it instead of dying with it."""
-    work = asyncio.ensure_future(coro)
-    timer = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
     try:
-        await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        timer.cancel()
-        if not work.done():
-            work.cancel()
-    if work.cancelled() or not work.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        raise CallTimeout(f"no answer within {seconds:.3g}s")
-    exc = work.exception()
-    if exc is not None and not isinstance(exc, AdapterError):
+        async with clock.timeout(max(0.0, seconds)):
+            return await coro
+    except TimeoutError:
+        raise CallTimeout(f"no answer within {seconds:.3g}s") from None
+    except AdapterError:
+        raise
+    except Exception as exc:
         raise TransientError(f"router call failed unexpectedly: {exc!r}") from exc
-    return work.result()
 
 
 async def _shift_attempt(

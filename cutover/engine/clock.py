@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 __all__ = ["Clock", "SystemClock"]
@@ -16,6 +17,11 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        """Raise :class:`TimeoutError` out of the block once ``seconds`` have passed (the block
+        is cancelled), like :func:`asyncio.timeout` but on this clock."""
+        ...
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -26,3 +32,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)  # one timer handle: no task per bounded call

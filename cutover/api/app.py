@@ -5,14 +5,18 @@ exception is logged and answered 500 without a traceback. POSTs take no paramete
 larger than :data:`MAX_BODY` is 413; whatever its content type, a body other than nothing,
 ``{}`` or ``null`` is 400 (``bad_json`` when it does not parse, nested too deeply included).
 With ``api.tokens`` configured, ``/v1`` needs a bearer token (:mod:`cutover.api.auth`) and an
-operator action is recorded with the token's name as its actor.
+operator action is recorded with the token's name as its actor. Status answers are joined from
+the encoded JSON :class:`~cutover.api.views.StatusViews` keeps per cutover; a GET's carries an
+ETag, so a poller's ``If-None-Match`` gets 304 while nothing changed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
-from typing import Any
+import time
 
 import structlog
 from aiohttp import web
@@ -21,28 +25,47 @@ from aiohttp.typedefs import Handler
 from cutover.api.auth import PRINCIPAL, TokenTable, auth_middleware
 from cutover.api.openapi import openapi_spec
 from cutover.api.page import add_routes as add_status_page
-from cutover.api.views import cutover_json
+from cutover.api.views import StatusViews, history_json
 from cutover.core.machine import Command
+from cutover.core.model import Cutover
 from cutover.engine.supervisor import Supervisor
 from cutover.errors import CutoverError, RequestError
 from cutover.observability.metrics import Metrics
 from cutover.store.base import StateStore
 
-__all__ = ["MAX_BODY", "METRICS", "STORE", "SUPERVISOR", "make_app"]
+__all__ = ["MAX_BODY", "METRICS", "STORE", "SUPERVISOR", "VIEWS", "make_app"]
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STORE = web.AppKey("store", StateStore)
 METRICS = web.AppKey("metrics", Metrics)
+VIEWS = web.AppKey("views", StatusViews)
 
 _ACTOR = re.compile(r"^[A-Za-z0-9@._:/+-]{1,64}$")
 _LIMIT = re.compile(r"[0-9]{1,3}")
 _ACTIONS = ("pause", "resume", "promote", "abort")
 #: Largest request body read (aiohttp's ``client_max_size``); no endpoint takes parameters.
 MAX_BODY = 64 * 1024
+#: Longest run of list building on the event loop before it lets other tasks run, seconds.
+_SLICE = 0.005
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _answer(request: web.Request, body: bytes, *, status: int = 200) -> web.Response:
+    """An encoded JSON answer. A GET's carries a strong ETag of its bytes and ``no-cache``, so
+    a poller can revalidate with ``If-None-Match`` and get 304 without the body while nothing
+    changed (RFC 9110 §8.8.3, §13.1.2: weak comparison, ``*`` matches any)."""
+    headers = {}
+    if request.method in ("GET", "HEAD"):
+        etag = hashlib.sha256(body).hexdigest()[:32]
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+        if any(tag.value in (etag, "*") for tag in request.if_none_match or ()):
+            return web.Response(status=304, headers=headers)
+    return web.Response(
+        body=body, status=status, content_type="application/json", charset="utf-8", headers=headers
+    )
 
 
 @web.middleware
@@ -115,26 +138,37 @@ async def metrics_text(request: web.Request) -> web.Response:
     )
 
 
-async def _service_json(request: web.Request, name: str, *, full: bool) -> dict[str, Any]:
-    sup = request.app[SUPERVISOR]
-    latest = await sup.latest(name)
-    events = await request.app[STORE].events(latest.id) if latest and full else None
-    return {
-        "name": name,
-        "live": sup.live(name),
-        "cutover": cutover_json(latest, events) if latest else None,
-    }
+async def _cutover_answer(request: web.Request, c: Cutover, *, status: int = 200) -> web.Response:
+    """A cutover with its event timeline."""
+    body = await request.app[VIEWS].cutover_with_events(c, request.app[STORE])
+    return _answer(request, body, status=status)
 
 
 async def list_services(request: web.Request) -> web.Response:
-    names = list(request.app[SUPERVISOR].config.services)
-    return web.json_response(
-        {"services": [await _service_json(request, n, full=False) for n in names]}
-    )
+    sup = request.app[SUPERVISOR]
+    views = request.app[VIEWS]
+    services = []
+    since = time.perf_counter()
+    for name in list(sup.config.services):
+        latest = await sup.latest(name)
+        services.append((name, sup.live(name), views.cutover(latest) if latest else None))
+        # Encoding every changed cutover of a large list is the loop's for tens of ms: let the
+        # engine's steps (a rollback among them) run in between.
+        if time.perf_counter() - since > _SLICE:
+            await asyncio.sleep(0)
+            since = time.perf_counter()
+    return _answer(request, views.services(services))
 
 
 async def get_service(request: web.Request) -> web.Response:
-    return web.json_response(await _service_json(request, request.match_info["service"], full=True))
+    sup = request.app[SUPERVISOR]
+    name = request.match_info["service"]
+    latest = await sup.latest(name)
+    views = request.app[VIEWS]
+    cutover = None
+    if latest is not None:
+        cutover = await views.cutover_with_events(latest, request.app[STORE])
+    return _answer(request, views.service(name, sup.live(name), cutover))
 
 
 async def start_cutover(request: web.Request) -> web.Response:
@@ -142,13 +176,13 @@ async def start_cutover(request: web.Request) -> web.Response:
     c = await request.app[SUPERVISOR].start_cutover(
         request.match_info["service"], actor=_actor(request)
     )
-    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)), status=201)
+    return await _cutover_answer(request, c, status=201)
 
 
 async def undo(request: web.Request) -> web.Response:
     await _no_body(request)
     c = await request.app[SUPERVISOR].undo(request.match_info["service"], actor=_actor(request))
-    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)), status=201)
+    return await _cutover_answer(request, c, status=201)
 
 
 async def service_history(request: web.Request) -> web.Response:
@@ -161,16 +195,17 @@ async def service_history(request: web.Request) -> web.Response:
         raise RequestError("limit must be an integer 1..500")
     limit = int(raw)
     store = request.app[STORE]
-    items = []
-    for c in await store.history(name, limit=limit):
-        current = await sup.get(c.id)
-        items.append(cutover_json(current, await store.events(c.id)))
-    return web.json_response({"service": name, "cutovers": items})
+    views = request.app[VIEWS]
+    items = [
+        await views.cutover_with_events(await sup.get(c.id), store)
+        for c in await store.history(name, limit=limit)
+    ]
+    return _answer(request, history_json(name, items))
 
 
 async def get_cutover(request: web.Request) -> web.Response:
     c = await request.app[SUPERVISOR].get(request.match_info["id"])
-    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)))
+    return await _cutover_answer(request, c)
 
 
 async def cutover_action(request: web.Request) -> web.Response:
@@ -180,7 +215,7 @@ async def cutover_action(request: web.Request) -> web.Response:
     await _no_body(request)
     command = Command(action=action, actor=_actor(request))  # type: ignore[arg-type]
     c = await request.app[SUPERVISOR].command(request.match_info["id"], command)
-    return web.json_response(cutover_json(c, await request.app[STORE].events(c.id)))
+    return await _cutover_answer(request, c)
 
 
 async def openapi(_: web.Request) -> web.Response:
@@ -195,6 +230,7 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app[SUPERVISOR] = supervisor
     app[STORE] = store
     app[METRICS] = metrics
+    app[VIEWS] = StatusViews()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 description of the API, kept true by a test that walks the routes.
 
 Every ``/v1`` operation declares the bearer scheme and its refusals (401; 403 for a POST,
-which needs an operator token) in one place, :func:`_secured`, rather than per operation.
+which needs an operator token) in one place, :func:`_secured`, rather than per operation; every
+``/v1`` GET its ETag and 304 answer in :func:`_conditional`.
 """
 
 from __future__ import annotations
@@ -196,6 +197,44 @@ _UNAUTHORIZED = {
 _FORBIDDEN = {**_ERR, "description": "a viewer token: this needs an operator token"}
 
 
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "the ETag of an earlier answer: 304 without a body while it is still the "
+    "answer (RFC 9110 §13.1.2; weak comparison, * matches any)",
+    "schema": {"type": "string"},
+}
+_VALIDATOR_HEADERS = {
+    "ETag": {
+        "required": True,
+        "description": "a strong validator of this answer's bytes",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "required": True,
+        "description": "no-cache: a cache must revalidate before reusing the answer",
+        "schema": {"type": "string"},
+    },
+}
+_NOT_MODIFIED = {
+    "description": "If-None-Match named the current answer's ETag: nothing changed",
+    "headers": _VALIDATOR_HEADERS,
+}
+
+
+def _conditional(paths: dict[str, Any]) -> dict[str, Any]:
+    """Let every /v1 GET be revalidated: its 200 carries an ETag, If-None-Match gets 304."""
+    for path, operations in paths.items():
+        op = operations.get("get")
+        if not path.startswith("/v1/") or op is None:
+            continue
+        op["parameters"] = [*op.get("parameters", []), _IF_NONE_MATCH]
+        op["responses"]["200"] = {**op["responses"]["200"], "headers": _VALIDATOR_HEADERS}
+        op["responses"]["304"] = _NOT_MODIFIED
+    return paths
+
+
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
     """Add the bearer requirement and its 401/403 answers to every /v1 operation."""
     for path, operations in paths.items():
@@ -211,7 +250,7 @@ def _secured(paths: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec() -> dict[str, Any]:
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "cutover", "version": __version__},
         "paths": _secured(
@@ -360,3 +399,5 @@ def openapi_spec() -> dict[str, Any]:
         ),
         "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": _BEARER}},
     }
+    _conditional(spec["paths"])
+    return spec

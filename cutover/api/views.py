@@ -1,26 +1,56 @@
 """JSON shapes of the API (PRODUCT.md, HTTP API): the names users' scripts depend on.
 
-A cutover is immutable and a runner replaces it on every step, so its body is built once per
-object and reused until the next step (keyed by the cutover id, checked by identity): a status
-poller or ``GET /v1/services`` over many services then serializes only what changed
-(docs/performance.md). Callers must not mutate a returned body.
+The status endpoints are polled, and at a thousand services ``GET /v1/services`` is megabytes
+of JSON: encoding it on every request blocked the event loop the engine's rollbacks share
+(docs/performance.md, issue 7). So what is cached is the *encoded* answer, per cutover, in a
+:class:`StatusViews` owned by the app:
+
+* A cutover is immutable and its runner replaces it on each step, so its JSON is encoded once
+  per object (checked by identity) and answers join those bytes.
+* Many steps move only the clocks (the hold's monitored time, ``updated_at``): a wake at a
+  deadline, a read-back that finds the routers as they were. The encoded body is therefore
+  kept in pieces around its clock values, and a cutover that differs from the cached one only
+  in those gets its clock values spliced in instead of being re-encoded.
+* The event timeline is append-only and written only together with a new revision of the
+  cutover (:class:`cutover.store.base.StateStore`), so a cutover whose revision has not changed
+  since its events were read needs no store read, and a changed one reads only the events after
+  the last ``seq`` seen.
 """
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from cutover.core.model import Cutover, Event, Phase
+from cutover.store.base import StateStore
 
-__all__ = ["cutover_json", "event_json"]
+__all__ = ["StatusViews", "history_json"]
 
-#: Bodies of the cutovers last serialized, by id; cleared when it outgrows this.
-_BODIES_MAX = 4096
-_bodies: dict[str, tuple[Cutover, dict[str, Any]]] = {}
+#: Compact separators: the list at a thousand services is ~8 % smaller. ``ensure_ascii`` (the
+#: default) keeps every byte ASCII, so the answer is valid UTF-8 whatever a detail contains.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+#: Keys of the body whose values are spliced in on each step, in body order (see _body).
+_CLOCKS = ("hold_elapsed", "ttl_wait_left", "updated_at")
+#: Fields of a cutover that feed only the clock values; a change in any other field re-encodes.
+_CLOCK_FIELDS = frozenset({"hold_elapsed", "stage_elapsed", "updated_at"})
+#: Where a clock value goes in the encoded text: a raw control character never comes out of the
+#: encoder, which escapes every one of them (RFC 8259 §7).
+_CUT = "\x00"
+_key = attrgetter(*(f.name for f in fields(Cutover) if f.name not in _CLOCK_FIELDS))
 
 
-def event_json(e: Event) -> dict[str, Any]:
-    return {"seq": e.seq, "kind": e.kind, "at": e.at, "message": e.message, "data": e.data}
+def _bytes(value: Any) -> bytes:
+    return _encode(value).encode()
+
+
+def _event_json(e: Event) -> bytes:
+    return _bytes({"seq": e.seq, "kind": e.kind, "at": e.at, "message": e.message, "data": e.data})
 
 
 def _ttl_wait_left(c: Cutover) -> float:
@@ -29,19 +59,130 @@ def _ttl_wait_left(c: Cutover) -> float:
     return max(0.0, c.ttl_wait - c.stage_elapsed)
 
 
-def cutover_json(c: Cutover, events: list[Event] | None = None) -> dict[str, Any]:
-    cached = _bodies.get(c.id)
-    if cached is None or cached[0] is not c:
-        if len(_bodies) >= _BODIES_MAX:
-            _bodies.clear()
-        cached = _bodies[c.id] = (c, _body(c))
-    body = cached[1]
-    if events is None:
-        return body
-    return {**body, "events": [event_json(e) for e in events]}
+def _clocks(c: Cutover) -> list[bytes]:
+    """The values of :data:`_CLOCKS`, encoded in one call (numbers: no comma inside)."""
+    values = [round(c.hold_elapsed, 3), round(_ttl_wait_left(c), 3), c.updated_at]
+    return _bytes(values)[1:-1].split(b",")
+
+
+@dataclass(slots=True, kw_only=True)
+class _Entry:
+    """One cutover's encoded JSON; the events part is filled by the first answer that needs it."""
+
+    cutover: Cutover  # the object encoded, for the identity check
+    key: tuple[Any, ...]  # its fields other than the clocks
+    pieces: tuple[bytes, ...]  # the body around its clock values: len(_CLOCKS) + 1 pieces
+    body: bytes
+    events: bytes = b""  # the encoded events, comma-separated, oldest first
+    events_seq: int = 0  # the last seq in ``events``
+    events_revision: int | None = None  # the cutover's revision when the store was last asked
+
+
+class StatusViews:
+    """Encoded JSON of the cutovers recently answered about, least recently used dropped past
+    ``max_entries``. One per app; answers must not be mutated (they are ``bytes``)."""
+
+    def __init__(self, *, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._heads: dict[tuple[str, str], bytes] = {}  # (service, live) -> its object's start
+
+    def services(self, services: Iterable[tuple[str, str, bytes | None]]) -> bytes:
+        """The answer of ``GET /v1/services`` from (name, live color, encoded cutover)."""
+        parts = [b'{"services":[']
+        for i, (name, live, cutover) in enumerate(services):
+            parts += (b"," if i else b"", self._head(name, live), cutover or b"null", b"}")
+        parts.append(b"]}")
+        return b"".join(parts)
+
+    def service(self, name: str, live: str, cutover: bytes | None) -> bytes:
+        """The answer of ``GET /v1/services/{service}``."""
+        return b"".join((self._head(name, live), cutover or b"null", b"}"))
+
+    def cutover(self, c: Cutover) -> bytes:
+        """The cutover's JSON without its event timeline (what ``GET /v1/services`` lists)."""
+        return self._entry(c).body
+
+    async def cutover_with_events(self, c: Cutover, store: StateStore) -> bytes:
+        """The cutover's JSON with its event timeline, as ``GET /v1/cutovers/{id}`` answers."""
+        entry = self._entry(c)
+        if entry.events_revision != c.revision:
+            read = await store.events(c.id, after_seq=entry.events_seq)
+            # a concurrent answer may have added some of them while this one waited
+            fresh = [e for e in read if e.seq > entry.events_seq]
+            if fresh:
+                encoded = [_event_json(e) for e in fresh]
+                entry.events = b",".join([entry.events, *encoded] if entry.events else encoded)
+                entry.events_seq = fresh[-1].seq
+            entry.events_revision = c.revision
+        # the body again: the cutover may have been re-encoded by another answer meanwhile
+        body = self._entry(c).body
+        return b"".join((body[:-1], b',"events":[', entry.events, b"]}"))
+
+    def _head(self, name: str, live: str) -> bytes:
+        head = self._heads.get((name, live))
+        if head is None:
+            if len(self._heads) >= self._max:
+                self._heads.clear()
+            head = _encode({"name": name, "live": live})[:-1].encode() + b',"cutover":'
+            self._heads[name, live] = head
+        return head
+
+    def _entry(self, c: Cutover) -> _Entry:
+        entry = self._entries.get(c.id)
+        if entry is not None and entry.cutover is c:
+            self._entries.move_to_end(c.id)
+            return entry
+        key = _key(c)
+        if entry is not None and entry.key == key:
+            entry.body = _join(entry.pieces, _clocks(c))
+        else:
+            pieces = _pieces(_body(c))
+            new = _Entry(cutover=c, key=key, pieces=pieces, body=_join(pieces, _clocks(c)))
+            if entry is not None:  # the timeline read so far stays valid: it only grows
+                new.events, new.events_seq = entry.events, entry.events_seq
+                new.events_revision = entry.events_revision
+            entry = self._entries[c.id] = new
+        entry.cutover = c
+        self._entries.move_to_end(c.id)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return entry
+
+
+def history_json(service: str, cutovers: Iterable[bytes]) -> bytes:
+    """The answer of ``GET /v1/services/{service}/cutovers`` from encoded cutovers."""
+    return b'{"service":' + _bytes(service) + b',"cutovers":[' + b",".join(cutovers) + b"]}"
+
+
+def _join(pieces: tuple[bytes, ...], clocks: list[bytes]) -> bytes:
+    out = [pieces[0]]
+    for clock, piece in zip(clocks, pieces[1:], strict=True):
+        out += (clock, piece)
+    return b"".join(out)
+
+
+def _pieces(body: dict[str, Any]) -> tuple[bytes, ...]:
+    """``body`` encoded, cut where each value of :data:`_CLOCKS` goes: the members between
+    two clocks are encoded in one call, then the text is cut at our marks."""
+    members: list[str] = []
+    run: dict[str, Any] = {}
+    for key, value in body.items():
+        if key not in _CLOCKS:
+            run[key] = value
+            continue
+        if run:
+            members.append(_encode(run)[1:-1])
+            run = {}
+        members.append(_encode(key) + ":" + _CUT)
+    if run:
+        members.append(_encode(run)[1:-1])
+    return tuple(p.encode() for p in ("{" + ",".join(members) + "}").split(_CUT))
 
 
 def _body(c: Cutover) -> dict[str, Any]:
+    """The cutover's JSON with None for each of :data:`_CLOCKS` (spliced in by _join); the
+    key order is the answer's."""
     policies = {p.name: p for p in c.plan.checks}
     return {
         "id": c.id,
@@ -61,9 +202,9 @@ def _body(c: Cutover) -> dict[str, Any]:
             }
             for s in c.plan.stages
         ],
-        "hold_elapsed": round(c.hold_elapsed, 3),
+        "hold_elapsed": None,
         "ttl_wait": c.ttl_wait,
-        "ttl_wait_left": round(_ttl_wait_left(c), 3),
+        "ttl_wait_left": None,
         "routers": [
             {
                 "name": r.name,
@@ -99,7 +240,7 @@ def _body(c: Cutover) -> dict[str, Any]:
         ],
         "reason": c.reason,
         "created_at": c.created_at,
-        "updated_at": c.updated_at,
+        "updated_at": None,
         "finished_at": c.finished_at,
         "revision": c.revision,
     }

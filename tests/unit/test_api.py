@@ -95,6 +95,26 @@ async def test_the_spec_declares_bearer_auth_and_its_refusals_on_v1_only(
             assert ("403" in op["responses"]) == (method == "post"), where
 
 
+async def test_the_spec_declares_etags_and_304_on_v1_gets_only(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    spec = await (await client.get("/openapi.json")).json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            conditional = path.startswith("/v1/") and method == "get"
+            assert ("304" in op["responses"]) == conditional, where
+            if conditional:
+                assert op["responses"]["200"]["headers"]["ETag"]["required"], where
+                assert "If-None-Match" in {p["name"] for p in op["parameters"]}, where
+    listed = await client.get("/v1/services")
+    assert await listed.json() == {
+        "services": [{"name": "checkout", "live": "blue", "cutover": None}]
+    }
+    again = await client.get("/v1/services", headers={"If-None-Match": listed.headers["ETag"]})
+    assert again.status == 304
+
+
 async def test_probes_and_metrics(client: TestClient) -> None:  # type: ignore[type-arg]
     assert (await client.get("/healthz")).status == 200
     resp = await client.get("/readyz")

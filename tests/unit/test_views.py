@@ -1,0 +1,389 @@
+"""The encoded status answers (``cutover.api.views``) say what a fresh encoding would say.
+
+The views cache each cutover's encoded JSON, splice in its clocks when only they moved, and
+read only new events from the store; each test here compares such an answer with one a fresh
+:class:`StatusViews` encodes from scratch, or with the store itself. The last tests drive a real
+supervisor (fake routers and checks, a :class:`FakeClock`) through the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cutover.api.app import make_app
+from cutover.api.views import StatusViews, history_json
+from cutover.checks.base import Check
+from cutover.config import ServiceSpec, parse_config
+from cutover.core.model import (
+    CheckPolicy,
+    CheckState,
+    Color,
+    Cutover,
+    Event,
+    Measurement,
+    Phase,
+    Plan,
+    RouterStatus,
+    Stage,
+    Status,
+    Verdict,
+)
+from cutover.engine.supervisor import Supervisor
+from cutover.observability.metrics import Metrics
+from cutover.routers.base import Router
+from cutover.store.base import StateStore
+from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from tests.unit.test_runner import TrackedStore
+from tests.unit.test_supervisor import CONFIG
+
+Client = TestClient  # type: ignore[type-arg]
+GUARD = 10.0  # real seconds a test may take before it fails as hung
+
+#: The answer's keys in their order (PRODUCT.md's fields among them); events come last.
+KEYS = [
+    "id",
+    "service",
+    "kind",
+    "from",
+    "to",
+    "state",
+    "phase",
+    "stage",
+    "stages",
+    "hold_elapsed",
+    "ttl_wait",
+    "ttl_wait_left",
+    "routers",
+    "checks",
+    "reason",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "revision",
+]
+
+
+def _cutover(**kw: Any) -> Cutover:
+    history = tuple(
+        Measurement(verdict=Verdict.PASS, value=0.25 * i, at=1_700_000_000.0 + i) for i in range(3)
+    )
+    base = Cutover(
+        id="co-1",
+        service="checkout",
+        from_color="blue",
+        to_color="green",
+        plan=Plan(
+            stages=(Stage(weight=50, hold=60.0), Stage(weight=100, hold=60.0, approval=True)),
+            checks=(CheckPolicy(name="health", failure_limit=3),),
+        ),
+        phase=Phase.HOLDING,
+        hold_elapsed=12.34567,
+        stage_elapsed=12.34567,
+        checks=(
+            CheckState(name="health", last=history[-1], history=history),
+            CheckState(name="gone"),  # no policy any more, never measured
+        ),
+        routers=(
+            RouterStatus(name="edge", kind="haproxy", desired=50, observed=50.0),
+            RouterStatus(name="dns", kind="rfc2136", desired=50, ttl=30.0, written_at=1e9),
+        ),
+        created_at=1_700_000_000.0,
+        updated_at=1_700_000_012.5,
+        revision=3,
+    )
+    return replace(base, **kw)
+
+
+def _decoded(body: bytes) -> dict[str, Any]:
+    decoded = json.loads(body)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+class EventStore:
+    """Only what the views read of a store: ``events``, counted, optionally held up."""
+
+    def __init__(self, events: Sequence[Event] = ()) -> None:
+        self.journal = list(events)
+        self.reads: list[int] = []  # after_seq of each read
+        self.gate: asyncio.Event | None = None
+
+    def append(self, *kinds: str) -> None:
+        for kind in kinds:
+            seq = len(self.journal) + 1
+            self.journal.append(Event(kind=kind, message=f"{kind} {seq}", at=float(seq), seq=seq))
+
+    async def events(self, cutover_id: str, after_seq: int = 0) -> list[Event]:
+        self.reads.append(after_seq)
+        found = [e for e in self.journal if e.seq > after_seq]
+        if self.gate is not None:
+            await self.gate.wait()
+        return found
+
+
+def _store(events: EventStore) -> StateStore:
+    return events  # type: ignore[return-value]
+
+
+def test_the_answer_has_the_contract_fields_in_order() -> None:
+    body = _decoded(StatusViews().cutover(_cutover()))
+    assert list(body) == KEYS
+    assert body["hold_elapsed"] == 12.346 and body["updated_at"] == 1_700_000_012.5
+    assert body["ttl_wait_left"] == 0.0
+    assert body["routers"][0] == {
+        "name": "edge",
+        "type": "haproxy",
+        "desired": 50,
+        "observed": 50.0,
+        "detail": "",
+        "drift": False,
+        "error": "",
+        "ttl": 0.0,
+        "clients_from": None,
+    }
+    assert body["routers"][1]["clients_from"] == 1e9 + 30
+    health, gone = body["checks"]
+    assert (health["status"], health["value"], health["failure_limit"]) == ("pass", 0.5, 3)
+    assert health["history"][0] == {"verdict": "pass", "value": 0.0, "at": 1_700_000_000.0}
+    assert (gone["status"], gone["failure_limit"], gone["dry_run"]) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"hold_elapsed": 99.0004, "stage_elapsed": 99.0, "updated_at": 1_700_000_099.0},
+        {"phase": Phase.PREFLIGHT, "ttl_wait": 30.0, "stage_elapsed": 7.5},  # ttl_wait_left
+        {"status": Status.PAUSED},
+        {"stage_index": 1, "revision": 4},
+        {"reason": 'check "health" failed\x00\n\u2028 "hold_elapsed":null'},
+        {"routers": (RouterStatus(name="edge", kind="haproxy", detail="\x00\x1f\\"),)},
+    ],
+)
+def test_a_cached_answer_equals_a_fresh_encoding_after_any_change(change: dict[str, Any]) -> None:
+    views = StatusViews()
+    before = _cutover()
+    views.cutover(before)
+    after = replace(before, **change)
+    answer = views.cutover(after)
+    assert answer == StatusViews().cutover(after)
+    assert list(_decoded(answer)) == KEYS
+    for field, value in change.items():
+        if field in ("reason", "revision"):
+            assert _decoded(answer)[field] == value
+
+
+def test_the_same_cutover_object_is_answered_from_the_cache() -> None:
+    views = StatusViews()
+    c = _cutover()
+    assert views.cutover(c) is views.cutover(c)
+    # an equal object (a store read) is not re-encoded either
+    assert views.cutover(replace(c)) == views.cutover(c)
+
+
+async def test_events_are_read_once_per_revision_and_only_the_new_ones() -> None:
+    views = StatusViews()
+    store = EventStore()
+    store.append("created", "preflight_passed")
+    c = _cutover(revision=1)
+    first = _decoded(await views.cutover_with_events(c, _store(store)))
+    assert [e["seq"] for e in first["events"]] == [1, 2]
+    assert list(first) == [*KEYS, "events"]
+    assert first["events"][0] == {
+        "seq": 1,
+        "kind": "created",
+        "at": 1.0,
+        "message": "created 1",
+        "data": {},
+    }
+
+    # the clocks move (same revision): no store read
+    ticked = replace(c, hold_elapsed=20.0, updated_at=c.updated_at + 1)
+    again = _decoded(await views.cutover_with_events(ticked, _store(store)))
+    assert store.reads == [0]
+    assert again["hold_elapsed"] == 20.0 and again["events"] == first["events"]
+
+    # a save (new revision, new events): only the events after the last seen are read
+    store.append("stage_applied")
+    saved = replace(ticked, revision=2)
+    later = _decoded(await views.cutover_with_events(saved, _store(store)))
+    assert store.reads == [0, 2]
+    assert [e["seq"] for e in later["events"]] == [1, 2, 3]
+    assert later == _decoded(await StatusViews().cutover_with_events(saved, _store(store)))
+
+
+async def test_concurrent_answers_do_not_duplicate_events() -> None:
+    views = StatusViews()
+    store = EventStore()
+    store.append("created")
+    store.gate = asyncio.Event()
+    c = _cutover(revision=1)
+    answers = [asyncio.create_task(views.cutover_with_events(c, _store(store))) for _ in range(3)]
+    await asyncio.sleep(0)
+    store.append("preflight_passed")  # lands while the first reads are held up
+    late = asyncio.create_task(views.cutover_with_events(replace(c, revision=2), _store(store)))
+    await asyncio.sleep(0)
+    store.gate.set()
+    bodies = [_decoded(b) for b in await asyncio.gather(*answers, late)]
+    for body in bodies:
+        seqs = [e["seq"] for e in body["events"]]
+        assert seqs == sorted(set(seqs)) and seqs[0] == 1, seqs
+    assert [e["seq"] for e in bodies[-1]["events"]] == [1, 2]
+
+
+async def test_the_least_recently_used_cutover_is_dropped_past_the_bound() -> None:
+    views = StatusViews(max_entries=2)
+    store = EventStore()
+    a, b, c = (_cutover(id=f"co-{n}", revision=1) for n in "abc")
+    for each in (a, b, a, c):  # b is the least recently used when c comes
+        await views.cutover_with_events(each, _store(store))
+    assert store.reads == [0, 0, 0]
+    await views.cutover_with_events(a, _store(store))
+    assert store.reads == [0, 0, 0]  # a was kept
+    await views.cutover_with_events(b, _store(store))
+    assert store.reads == [0, 0, 0, 0]  # b was dropped, so read again
+
+
+def test_list_service_and_history_shapes() -> None:
+    views = StatusViews()
+    c = _cutover()
+    encoded = views.cutover(c)
+    assert _decoded(views.services([])) == {"services": []}
+    listed = _decoded(views.services([("checkout", "blue", encoded), ('we"ird', "green", None)]))
+    assert listed == {
+        "services": [
+            {"name": "checkout", "live": "blue", "cutover": _decoded(encoded)},
+            {"name": 'we"ird', "live": "green", "cutover": None},
+        ]
+    }
+    assert _decoded(views.service("checkout", "blue", None)) == {
+        "name": "checkout",
+        "live": "blue",
+        "cutover": None,
+    }
+    assert _decoded(history_json("checkout", [encoded, encoded])) == {
+        "service": "checkout",
+        "cutovers": [_decoded(encoded)] * 2,
+    }
+
+
+# --- through the app, with a running cutover ---------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    client: Client
+    supervisor: Supervisor
+    store: TrackedStore
+    clock: FakeClock
+
+    async def _idle(self) -> None:
+        await self.store.idle.wait()
+
+    async def advance(self, seconds: float) -> None:
+        await self.clock.advance(seconds, step=0.25, settle=self._idle)
+
+    async def settle(self, cutover_id: str) -> None:
+        """Until the runner waits for the clock: no step or save in flight (the store may
+        have a save's events before the runner has its cutover; an answer may say either)."""
+        last = None
+        while (now := await self.supervisor.get(cutover_id)) != last:
+            last = now
+            await self.clock.settle(settle=self._idle)
+
+    async def expected(self, cutover_id: str) -> dict[str, Any]:
+        """What an answer about the cutover must say now: encoded afresh, every event."""
+        c = await self.supervisor.get(cutover_id)
+        body = _decoded(StatusViews().cutover(c))
+        body["events"] = [
+            {"seq": e.seq, "kind": e.kind, "at": e.at, "message": e.message, "data": e.data}
+            for e in await self.store.events(cutover_id)
+        ]
+        return body
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    store = TrackedStore(path=str(tmp_path / "state.db"))
+    await store.open()
+    clock = FakeClock()
+    router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
+
+    def adapters(
+        spec: ServiceSpec, service: str, new: Color
+    ) -> tuple[dict[str, Router], dict[str, Check]]:
+        return {"edge": router}, {"health": check}
+
+    metrics = Metrics()
+    sup = Supervisor(
+        config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters, metrics=metrics
+    )
+    await sup.start()
+    try:
+        async with TestClient(
+            TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
+        ) as c:
+            yield Daemon(c, sup, store, clock)
+    finally:
+        await sup.stop()
+        await store.aclose()
+
+
+async def test_answers_follow_a_running_cutover(daemon: Daemon) -> None:
+    async with asyncio.timeout(GUARD):
+        started = await daemon.client.post("/v1/services/checkout/cutovers")
+        assert started.status == 201 and "ETag" not in started.headers
+        cutover_id = (await started.json())["id"]
+        etags: dict[str, str] = {}  # answer -> its ETag
+        revisions = set()
+        for _ in range(12):  # through the first stage's hold into the second stage
+            await daemon.settle(cutover_id)
+            resp = await daemon.client.get(f"/v1/cutovers/{cutover_id}")
+            assert resp.status == 200
+            body = await resp.json()
+            assert body == await daemon.expected(cutover_id)
+            etags[json.dumps(body)] = resp.headers["ETag"]
+            revisions.add(body["revision"])
+            listed = await (await daemon.client.get("/v1/services")).json()
+            (service,) = listed["services"]
+            del body["events"]
+            live = daemon.supervisor.live("checkout")
+            assert service == {"name": "checkout", "live": live, "cutover": body}
+            one = await (await daemon.client.get("/v1/services/checkout")).json()
+            assert one["cutover"] == await daemon.expected(cutover_id)
+            history = await (await daemon.client.get("/v1/services/checkout/cutovers")).json()
+            assert history["cutovers"] == [await daemon.expected(cutover_id)]
+            await daemon.advance(0.5)
+        assert body["state"] == "completed" and len(revisions) > 2  # saves came in between
+        assert len(set(etags.values())) == len(etags) >= 5  # one ETag per distinct answer
+
+
+async def test_an_unchanged_answer_is_304_to_its_etag(daemon: Daemon) -> None:
+    async with asyncio.timeout(GUARD):
+        cutover_id = (await (await daemon.client.post("/v1/services/checkout/cutovers")).json())[
+            "id"
+        ]
+        etags = {}
+        await daemon.settle(cutover_id)
+        for path in (f"/v1/cutovers/{cutover_id}", "/v1/services"):
+            first = await daemon.client.get(path)
+            etag = etags[path] = first.headers["ETag"]
+            assert first.headers["Cache-Control"] == "no-cache"
+            for asked in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+                resp = await daemon.client.get(path, headers={"If-None-Match": asked})
+                assert resp.status == 304, asked
+                assert resp.headers["ETag"] == etag and await resp.read() == b""
+            other = await daemon.client.get(path, headers={"If-None-Match": '"nope"'})
+            assert other.status == 200 and await other.read() == await first.read()
+        await daemon.advance(1.0)  # the hold moves on: new answers
+        await daemon.settle(cutover_id)
+        for path, etag in etags.items():
+            resp = await daemon.client.get(path, headers={"If-None-Match": etag})
+            assert resp.status == 200 and resp.headers["ETag"] != etag

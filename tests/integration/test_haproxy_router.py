@@ -415,14 +415,24 @@ async def test_shared_client_bounds_connections_and_coalesces_reads(tmp_path: Pa
 
 async def test_a_call_that_waited_for_a_free_connection_says_so(tmp_path: Path) -> None:
     async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.5) as api:
-        routers = [api.spec(f"svc{i}", timeout="200ms").build(new="green") for i in range(12)]
-        got = await asyncio.gather(*(r.preflight() for r in routers), return_exceptions=True)
-        errors = sorted(str(e) for e in got if isinstance(e, TransientError))
-        assert len(errors) == 12 and api.most_open == MAX_CONNECTIONS
+        client = RuntimeAPI.of(parse_runtime_api(f"unix:{api.path}"))
+        holders = [
+            asyncio.create_task(client.run(["show servers state b"], within=5.0))
+            for _ in range(MAX_CONNECTIONS)
+        ]
+        for _ in range(500):  # until every connection is taken (at most 5 s)
+            if api.open == MAX_CONNECTIONS:
+                break
+            await asyncio.sleep(0.01)
+        late = [api.spec(f"svc{i}", timeout="200ms").build(new="green") for i in range(3)]
+        got = await asyncio.gather(*(r.preflight() for r in late), return_exceptions=True)
         busy = f"no answer within 0.2s (all {MAX_CONNECTIONS} connections to it were busy)"
-        assert sum(e.endswith(busy) for e in errors) == 12 - MAX_CONNECTIONS
-        assert sum(e.endswith("no answer within 0.2s") for e in errors) == MAX_CONNECTIONS
-        assert all(re.match(r"router 'svc\d+': HAProxy runtime API unix:", e) for e in errors)
+        assert [str(e) for e in got] == [
+            f"router 'svc{i}': HAProxy runtime API unix:{api.path}: {busy}" for i in range(3)
+        ]
+        assert all(isinstance(e, TransientError) for e in got)
+        assert all(answers[0].startswith("1\n") for answers in await asyncio.gather(*holders))
+        assert (api.connections, api.most_open) == (MAX_CONNECTIONS, MAX_CONNECTIONS)
 
 
 async def test_a_read_never_joins_a_batch_already_sent(tmp_path: Path) -> None:

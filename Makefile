@@ -55,6 +55,7 @@ bench: system-deps venv
 	$(PY) benchmarks/dns_stage.py $(if $(filter 1,$(QUICK)),--quick,)
 	$(PY) benchmarks/rollback_actuation.py $(if $(filter 1,$(QUICK)),--quick,)
 	$(PY) benchmarks/scale.py $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/metrics_render.py $(if $(filter 1,$(QUICK)),--quick,)
 
 demo: system-deps venv
 	$(PY) demo/run.py $(if $(filter 1,$(FAIL)),--fail,)

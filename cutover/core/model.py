@@ -243,19 +243,22 @@ class Cutover:
 
     def only_progress_since(self, before: Cutover) -> bool:
         """True when this differs from ``before`` only in elapsed times, ``updated_at`` and
-        check measurements that raise no count a rollback or pause is decided on (a pass, a
-        measurement that does not count). Losing such a change in a crash can only make the
-        restarted daemon hold longer and keep counts it would have dropped, so the engine
-        writes it periodically rather than at once."""
+        measurements that leave what later rollback decisions depend on as it was: windows of
+        passes only (a fail leaves any window after the same number of measurements, however
+        many passes came before it), the same consecutive error and inconclusive counts.
+        Losing such a change in a crash can only make the restarted daemon hold longer, so the
+        engine writes it periodically; any other measurement is written at once, so counts
+        survive restarts exactly (PRODUCT.md)."""
         if len(self.checks) != len(before.checks):
             return False
         for now, then in zip(self.checks, before.checks, strict=True):
             if (
                 now.name != then.name
-                or now.failures_in_window > then.failures_in_window
-                or now.consecutive_inconclusive > then.consecutive_inconclusive
-                or now.consecutive_errors > then.consecutive_errors
+                or now.consecutive_inconclusive != then.consecutive_inconclusive
+                or now.consecutive_errors != then.consecutive_errors
             ):
+                return False
+            if now.window != then.window and not (_passes(now.window) and _passes(then.window)):
                 return False
         return all(getattr(self, f) == getattr(before, f) for f in _NOT_PROGRESS)
 
@@ -305,6 +308,10 @@ class Cutover:
             spec=d.get("spec", {}),
             revision=d["revision"],
         )
+
+
+def _passes(window: tuple[Verdict, ...]) -> bool:
+    return all(v is Verdict.PASS for v in window)
 
 
 #: The fields of a :class:`Cutover` that are more than progress (``only_progress_since``).

@@ -870,7 +870,7 @@ async def test_a_passing_hold_is_persisted_periodically_not_at_every_measurement
 
 
 async def test_a_failing_measurement_is_persisted_at_once(scenario: MakeScenario) -> None:
-    """A fail raises the count a rollback is decided on: it survives a crash (PRODUCT.md), so
+    """A fail moves the count a rollback is decided on: it survives a crash (PRODUCT.md), so
     it is written when it is measured, not with the periodic progress."""
     async with asyncio.timeout(GUARD):
         s = await scenario()
@@ -882,6 +882,12 @@ async def test_a_failing_measurement_is_persisted_at_once(scenario: MakeScenario
         assert stored.check("health").failures_in_window == 1
         assert stored.check("health").last is not None
         assert stored.check("health").last.verdict is Verdict.FAIL
+        # while that fail is in the window, the passes after it move it along: written too,
+        # so a restart counts exactly what this daemon would have
+        s.checks["health"].set(Verdict.PASS)
+        await s.run_for(3.0)
+        assert s.c.check("health").window[-1] is Verdict.PASS
+        assert (await s.stored()).check("health").window == s.c.check("health").window
 
 
 async def test_the_timer_follows_the_next_deadline(scenario: MakeScenario) -> None:

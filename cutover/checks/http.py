@@ -113,6 +113,9 @@ class HttpCheck:
         self.body_contains = body_contains
         self.headers = dict(headers or {})
         self.timeout = timeout
+        # per measurement these would be a URL parse and an object each: once per check
+        self._shown = shown_url(url)
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -125,14 +128,14 @@ class HttpCheck:
         return self._session
 
     async def measure(self, ctx: MeasureContext) -> Measurement:
-        shown = shown_url(self.url)
+        shown = self._shown
         started = time.monotonic()
         try:
             async with self._client().request(
                 self.method,
                 self.url,
                 headers=self.headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=self._client_timeout,
             ) as resp:
                 body = await self._read_body(resp) if self.body_contains is not None else b""
                 status = resp.status

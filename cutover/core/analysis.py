@@ -11,10 +11,17 @@ Measurements inside a stage's ``initial_delay`` are recorded but do not count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
-from cutover.core.model import HISTORY_KEPT, CheckPolicy, CheckState, Measurement, Verdict
+from cutover.core.model import (
+    HISTORY_KEPT,
+    CheckPolicy,
+    CheckState,
+    Measurement,
+    Verdict,
+    evolve,
+)
 
 __all__ = ["Finding", "gate_open", "record", "worst"]
 
@@ -43,7 +50,7 @@ def record(
     state: CheckState, policy: CheckPolicy, m: Measurement
 ) -> tuple[CheckState, Finding | None]:
     """Add one measurement to a check's state; say whether the cutover must act."""
-    state = replace(state, last=m, history=(*state.history, m)[-HISTORY_KEPT:])
+    state = evolve(state, last=m, history=(*state.history, m)[-HISTORY_KEPT:])
     if not m.counting:
         return state, None
 
@@ -56,7 +63,7 @@ def record(
                 reason=f"check {policy.name}: {errors} provider errors in a row ({_describe(m)})",
             )
             errors = 0  # a paused cutover that is resumed needs a fresh run of errors
-        state = replace(state, consecutive_errors=errors, latest=m.verdict)
+        state = evolve(state, consecutive_errors=errors, latest=m.verdict)
     else:
         window = (*state.window, m.verdict)[-policy.window :]
         inconclusive = (
@@ -78,7 +85,7 @@ def record(
                 f" ({_describe(m)})",
             )
             inconclusive = 0
-        state = replace(
+        state = evolve(
             state,
             window=window,
             consecutive_inconclusive=inconclusive,

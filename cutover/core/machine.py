@@ -14,7 +14,7 @@ the engine measures on a monotonic clock, so a wall-clock jump never shortens a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cutover.core import analysis
@@ -28,6 +28,7 @@ from cutover.core.model import (
     RouterStatus,
     Stage,
     Status,
+    evolve,
 )
 
 __all__ = [
@@ -293,13 +294,13 @@ def _dns_note(c: Cutover, now: float) -> tuple[str, dict[str, Any]]:
 def _start_rollback(c: Cutover, now: float, reason: str, cause: str) -> Step:
     """``cause`` is a small fixed vocabulary (check, operator, router, drift, approval) for
     metrics labels; ``reason`` is the sentence for people."""
-    c = replace(
+    c = evolve(
         c,
         status=Status.ROLLING_BACK,
         reason=reason,
         rollback_elapsed=0.0,
         paused_from=None,
-        routers=tuple(replace(r, desired=0, verified=False) for r in c.routers),
+        routers=tuple(evolve(r, desired=0, verified=False) for r in c.routers),
     )
     return Step(
         cutover=c,
@@ -313,13 +314,13 @@ def _start_rollback(c: Cutover, now: float, reason: str, cause: str) -> Step:
 def _pause(c: Cutover, now: float, reason: str, kind: str = "paused") -> Step:
     if c.status is Status.PAUSED:
         return Step(cutover=c, events=(_event(now, kind, reason),))
-    c = replace(c, status=Status.PAUSED, paused_from=c.status)
+    c = evolve(c, status=Status.PAUSED, paused_from=c.status)
     return Step(cutover=c, events=(_event(now, kind, f"paused: {reason}", reason=reason),))
 
 
 def _enter_stage(c: Cutover, index: int, now: float) -> Step:
     stage = c.plan.stages[index]
-    c = replace(
+    c = evolve(
         c,
         status=Status.RUNNING,
         phase=Phase.SHIFTING,
@@ -327,8 +328,8 @@ def _enter_stage(c: Cutover, index: int, now: float) -> Step:
         hold_elapsed=0.0,
         stage_elapsed=0.0,
         approval_elapsed=0.0,
-        checks=tuple(replace(s, latest=None) for s in c.checks),
-        routers=tuple(replace(r, desired=stage.weight) for r in c.routers),
+        checks=tuple(evolve(s, latest=None) for s in c.checks),
+        routers=tuple(evolve(r, desired=stage.weight) for r in c.routers),
     )
     return Step(
         cutover=c,
@@ -349,7 +350,7 @@ def _advance(c: Cutover, now: float) -> Step:
     """Past the current stage: the next one, or completion after the last."""
     if c.stage_index + 1 < len(c.plan.stages):
         return _enter_stage(c, c.stage_index + 1, now)
-    c = replace(c, status=Status.COMPLETED, finished_at=now, paused_from=None)
+    c = evolve(c, status=Status.COMPLETED, finished_at=now, paused_from=None)
     return Step(
         cutover=c,
         events=(_event(now, "completed", f"completed: {c.to_color} is live for {c.service}"),),
@@ -362,7 +363,7 @@ def _try_pass_stage(c: Cutover, now: float) -> Step:
     if c.hold_elapsed < c.stage.hold or not analysis.gate_open(c.checks, c.plan.checks):
         return Step(cutover=c)
     if c.stage.approval:
-        c = replace(c, status=Status.AWAITING_APPROVAL, approval_elapsed=0.0)
+        c = evolve(c, status=Status.AWAITING_APPROVAL, approval_elapsed=0.0)
         return Step(
             cutover=c,
             events=(
@@ -392,7 +393,7 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
     if c.phase is not Phase.SHIFTING or e.share != c.share:
         return Step(cutover=c)  # a stale result of an earlier shift
     routers = tuple(
-        replace(
+        evolve(
             r,
             written=e.share,
             written_state=e.states.get(r.name, r.written_state),
@@ -405,8 +406,8 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
         for r in c.routers
     )
     # every check needs a pass measured at the new share (PRODUCT.md, Stages)
-    checks = tuple(replace(s, latest=None) for s in c.checks)
-    c = replace(c, phase=Phase.HOLDING, routers=routers, checks=checks)
+    checks = tuple(evolve(s, latest=None) for s in c.checks)
+    c = evolve(c, phase=Phase.HOLDING, routers=routers, checks=checks)
     note, data = _dns_note(c, now)
     step = Step(
         cutover=c,
@@ -427,13 +428,13 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
 def _on_shift_failed(c: Cutover, e: ShiftFailed, now: float) -> Step:
     if c.phase is not Phase.SHIFTING or e.share != c.share:
         return Step(cutover=c)
-    c = c.with_router(replace(c.router(e.router), error=e.error))
+    c = c.with_router(evolve(c.router(e.router), error=e.error))
     reason = f"router {e.router} could not be set to {e.share}%: {e.error}"
     return _start_rollback(c, now, reason, "router")
 
 
 def _on_router_rolled_back(c: Cutover, e: RouterRolledBack, now: float) -> Step:
-    r = replace(
+    r = evolve(
         c.router(e.router),
         written=0,
         written_state=e.state,
@@ -451,13 +452,13 @@ def _on_observed_rolling(c: Cutover, e: Observed, now: float) -> Step:
     """During a rollback a read-back only informs status (errors shown per router)."""
     r = c.router(e.router)
     if e.error:
-        return Step(cutover=c.with_router(replace(r, error=e.error)))
-    return Step(cutover=c.with_router(replace(r, observed=e.share, detail=e.detail)))
+        return Step(cutover=c.with_router(evolve(r, error=e.error)))
+    return Step(cutover=c.with_router(evolve(r, observed=e.share, detail=e.detail)))
 
 
 def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
     routers = tuple(
-        replace(
+        evolve(
             r,
             desired=0,
             written=0,
@@ -471,7 +472,7 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
         )
         for r in c.routers
     )
-    c = replace(c, status=Status.ROLLED_BACK, finished_at=now, routers=routers)
+    c = evolve(c, status=Status.ROLLED_BACK, finished_at=now, routers=routers)
     note, data = _dns_note(c, now)
     return Step(
         cutover=c,
@@ -491,7 +492,7 @@ def _stage_time(c: Cutover, dt: float) -> Cutover:
     # resolvers' caches expire while we pause too: a TTL wait counts paused time
     if c.phase not in (Phase.HOLDING, Phase.PREFLIGHT):
         return c
-    return replace(c, stage_elapsed=c.stage_elapsed + dt)
+    return evolve(c, stage_elapsed=c.stage_elapsed + dt)
 
 
 def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
@@ -499,8 +500,8 @@ def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
         return _on_preflight_passed(_stage_time(c, e.dt), PreflightPassed(), now)
     if c.phase is not Phase.HOLDING:
         return Step(cutover=c)
-    c = _stage_time(c, e.dt)
-    return _try_pass_stage(replace(c, hold_elapsed=c.hold_elapsed + e.dt), now)
+    c = evolve(c, stage_elapsed=c.stage_elapsed + e.dt, hold_elapsed=c.hold_elapsed + e.dt)
+    return _try_pass_stage(c, now)
 
 
 def _on_tick_paused(c: Cutover, e: Tick, now: float) -> Step:
@@ -508,7 +509,7 @@ def _on_tick_paused(c: Cutover, e: Tick, now: float) -> Step:
 
 
 def _on_tick_awaiting(c: Cutover, e: Tick, now: float) -> Step:
-    c = replace(_stage_time(c, e.dt), approval_elapsed=c.approval_elapsed + e.dt)
+    c = evolve(_stage_time(c, e.dt), approval_elapsed=c.approval_elapsed + e.dt)
     timeout = c.stage.approval_timeout
     if timeout is not None and c.approval_elapsed >= timeout:
         reason = f"no promote within approval_timeout {timeout:g}s"
@@ -517,11 +518,11 @@ def _on_tick_awaiting(c: Cutover, e: Tick, now: float) -> Step:
 
 
 def _on_tick_rolling_back(c: Cutover, e: Tick, now: float) -> Step:
-    c = replace(c, rollback_elapsed=c.rollback_elapsed + e.dt)
+    c = evolve(c, rollback_elapsed=c.rollback_elapsed + e.dt)
     if c.rollback_elapsed < c.plan.rollback_timeout:
         return Step(cutover=c)
     unverified = [r.name for r in c.routers if not r.verified]
-    c = replace(c, status=Status.FAILED)
+    c = evolve(c, status=Status.FAILED)
     return Step(
         cutover=c,
         events=(
@@ -543,7 +544,7 @@ def _on_measured(c: Cutover, e: Measured, now: float) -> Step:
     except KeyError:
         return Step(cutover=c)
     counting = c.phase is not Phase.PREFLIGHT and c.stage_elapsed >= policy.initial_delay
-    m = replace(e.measurement, counting=counting)
+    m = evolve(e.measurement, counting=counting)
     state, finding = analysis.record(c.check(e.check), policy, m)
     c = c.with_check(state)
     if finding is None:
@@ -559,7 +560,7 @@ def _on_observed_unreadable(c: Cutover, e: Observed, now: float) -> Step:
     shows it, and the first failure of a run of them is a ``router_unreadable`` event (an
     alarm); the first good read after is ``router_readable``."""
     r = c.router(e.router)
-    c = c.with_router(replace(r, error=e.error))
+    c = c.with_router(evolve(r, error=e.error))
     if r.error:
         return Step(cutover=c)  # already reported
     what = (
@@ -587,14 +588,14 @@ def _on_observed(c: Cutover, e: Observed, now: float) -> Step:
 def _on_reading(c: Cutover, e: Observed, now: float) -> Step:
     """A read-back that succeeded: what we know or wrote, or drift."""
     r = c.router(e.router)
-    r = replace(r, observed=e.share, detail=e.detail, error="")
+    r = evolve(r, observed=e.share, detail=e.detail, error="")
     if e.known:
-        return Step(cutover=c.with_router(replace(r, drift=False)))
+        return Step(cutover=c.with_router(evolve(r, drift=False)))
     if c.phase is Phase.PREFLIGHT:
         return Step(cutover=c.with_router(r))  # preflight itself just read every router
     if r.drift:
         return Step(cutover=c.with_router(r))  # already reported and handled
-    c = c.with_router(replace(r, drift=True))
+    c = c.with_router(evolve(r, drift=True))
     seen = "an unknown share" if e.share is None else f"{round(e.share, 1):g}%"
     what = (
         f"router {e.router} holds something the daemon did not write (it last wrote "
@@ -612,7 +613,7 @@ def _on_reading(c: Cutover, e: Observed, now: float) -> Step:
         # toward the old color: always allowed (PRODUCT.md, Drift)
         return drift.then(
             Step(
-                cutover=replace(c, phase=Phase.SHIFTING),
+                cutover=evolve(c, phase=Phase.SHIFTING),
                 actions=(Apply(share=c.share, force=True),),
             )
         )
@@ -622,7 +623,7 @@ def _on_reading(c: Cutover, e: Observed, now: float) -> Step:
 def _on_restarted(c: Cutover, e: Restarted, now: float) -> Step:
     window_start = now - c.plan.restart_window
     restarts = (*(t for t in c.restarts if t >= window_start), now)
-    c = replace(c, restarts=restarts, checks=tuple(replace(s, latest=None) for s in c.checks))
+    c = evolve(c, restarts=restarts, checks=tuple(evolve(s, latest=None) for s in c.checks))
     what = f"runner crashed ({e.crash}) and was respawned" if e.crash else "daemon restarted"
     crash = {"crash": e.crash} if e.crash else {}
     step = Step(
@@ -666,14 +667,14 @@ def _cmd_pause(c: Cutover, e: Command, now: float) -> Step:
 
 def _cmd_resume(c: Cutover, e: Command, now: float) -> Step:
     back = c.paused_from or Status.RUNNING
-    c = replace(c, status=back, paused_from=None)
+    c = evolve(c, status=back, paused_from=None)
     resumed = Step(
         cutover=c, events=(_event(now, "resumed", f"resumed by {e.actor}", actor=e.actor),)
     )
     reapply = c.phase is Phase.SHIFTING or any(r.drift for r in c.routers)
     if back in (Status.RUNNING, Status.AWAITING_APPROVAL) and reapply:
         # the operator has looked at the routers: re-apply the current stage as asked
-        c = replace(c, phase=Phase.SHIFTING)
+        c = evolve(c, phase=Phase.SHIFTING)
         return resumed.then(Step(cutover=c, actions=(Apply(share=c.share, force=True),)))
     return resumed.then(_try_pass_stage(c, now))
 
@@ -753,7 +754,7 @@ def step(c: Cutover, event: Input, now: float) -> Step:
         return Step(cutover=c)
     result = handler(c, event, now)
     if result.cutover != c:
-        result = replace(result, cutover=replace(result.cutover, updated_at=now))
+        result = evolve(result, cutover=evolve(result.cutover, updated_at=now))
     return result
 
 
@@ -777,7 +778,7 @@ def next_deadline(c: Cutover) -> float | None:
 
 def undo_plan(completed: Plan) -> Plan:
     """Undo is a rollback in the other direction: all traffic at once, no checks to wait for."""
-    return replace(completed, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause")
+    return evolve(completed, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause")
 
 
 def undo_refusal(

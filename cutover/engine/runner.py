@@ -52,6 +52,8 @@ __all__ = ["ACT_DELAY_ENV", "Runner"]
 #: writes a second instead of one per measurement.
 PERSIST_EVERY = 30.0
 ROLLBACK_BACKOFF_MAX = 5.0
+#: Seconds between read-backs of a cutover without checks (with checks: two check intervals).
+OBSERVE_WITHOUT_CHECKS = 5.0
 #: Environment variable of a test hook: seconds to wait between persisting and acting.
 ACT_DELAY_ENV = "CUTOVER_TEST_ACT_DELAY"
 
@@ -108,8 +110,12 @@ class Runner:
         # ACT_DELAY_ENV (tests only, e.g. the crash harness) holds the runner this many real
         # seconds between persisting a transition and acting on it, so a SIGKILL can land there
         self._act_delay = float(os.environ.get(ACT_DELAY_ENV, "0") or 0)
-        interval = min((p.interval for p in cutover.plan.checks), default=5.0)
-        self._observe_every = max(1.0, min(interval, 10.0))
+        # Drift is rare and a hold is long: routers are read back every two check intervals
+        # (1-10 s), half the read-backs of one per interval (at 1000 cutovers, 100 a second).
+        intervals = [p.interval for p in cutover.plan.checks]
+        self._observe_every = (
+            max(1.0, min(2 * min(intervals), 10.0)) if intervals else OBSERVE_WITHOUT_CHECKS
+        )
 
     # --- public ---------------------------------------------------------------------------
 

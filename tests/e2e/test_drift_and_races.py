@@ -2,7 +2,7 @@
 
 Drift (PRODUCT.md, Drift): someone runs ``set server checkout/green1 weight 5`` on the runtime
 API while a stage holds. The daemon reads its routers back every observe interval (1 s here:
-the checks run every 300 ms, and the interval is at least 1 s), so the edit is an event within
+twice the 300 ms check interval, and at least 1 s), so the edit is an event within
 about one interval, handled by ``on_drift``: ``pause`` (the default), ``rollback``, or
 ``reassert`` (which may only move traffic back toward the old color; an edit toward the old
 color therefore pauses too).
@@ -26,7 +26,7 @@ from demo.stack import free_port
 from tests.e2e.conftest import E2E
 from tests.integration.test_faults import DelayProxy
 
-#: Observe interval of the daemon for these configs (checks every 300 ms -> max(1 s, 300 ms)).
+#: Observe interval of the daemon for these configs (checks every 300 ms -> max(1 s, 600 ms)).
 OBSERVE_EVERY = 1.0
 HOLDING = [
     {"weight": 10, "hold": "500ms"},

@@ -45,6 +45,7 @@ from cutover.core.model import (
     Stage,
     Status,
     Verdict,
+    evolve,
 )
 
 P, F, INC, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
@@ -1892,3 +1893,17 @@ def test_a_respawned_runner_names_its_crash_in_the_restarted_event() -> None:
     assert event.kind == "restarted"
     assert event.message.startswith("runner crashed (RuntimeError('boom')) and was respawned")
     assert event.data == {"restarts_in_window": 1, "crash": "RuntimeError('boom')"}
+
+
+def test_evolve_is_replace_without_init() -> None:
+    """``evolve`` (the machine's cheap ``dataclasses.replace``) gives an equal, still frozen
+    object, leaves the original alone and refuses unknown fields."""
+    c = at_holding().c
+    changed = evolve(c, hold_elapsed=12.5, reason="x")
+    assert changed == replace(c, hold_elapsed=12.5, reason="x")
+    assert c.hold_elapsed != 12.5 and changed is not c
+    assert hash(changed.plan) == hash(c.plan)
+    with pytest.raises(AttributeError):
+        changed.hold_elapsed = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field"):
+        evolve(c, hold_elapsd=1.0)

@@ -108,10 +108,9 @@ async def _shift_attempt(
 
 async def _apply_and_read(router: Router, share: int, timer: RouterTimer | None) -> Reading:
     """Write ``share`` (timed as ``apply``) and read back: in one call where the router can."""
-    if isinstance(router, AppliesAndObserves):
-        with _timed(timer, router, "apply"):
-            return await router.apply_and_observe(share)
     with _timed(timer, router, "apply"):
+        if isinstance(router, AppliesAndObserves):
+            return await router.apply_and_observe(share)
         await router.apply(share)
     return await observe(router, timer)
 

@@ -110,6 +110,14 @@ def _label(value: str) -> str:
     return value
 
 
+def _keyed(family: str, key: str, values: dict[str, float], service_label: str) -> str:
+    """One line per router or check of a service: ``family{key="…",service="…"} value``."""
+    return "".join(
+        f'{family}{{{key}="{_label(name)}",{service_label}}} {_num(v)}\n'
+        for name, v in values.items()
+    )
+
+
 class _Count:
     """One rollback counter series. prometheus_client exposes its creation time as
     ``_created``: formatted once, as a timestamp is the slowest number to format."""
@@ -261,22 +269,10 @@ class _Service:
             stage,
             hold,
             elapsed,
-            "".join(
-                f'cutover_router_desired_share{{router="{_label(router)}",{svc}}} {num(v)}\n'
-                for router, v in self.desired.items()
-            ),
-            "".join(
-                f'cutover_router_observed_share{{router="{_label(router)}",{svc}}} {num(v)}\n'
-                for router, v in self.observed.items()
-            ),
-            "".join(
-                f'cutover_check_value{{check="{_label(check)}",{svc}}} {num(v)}\n'
-                for check, v in self.check_value.items()
-            ),
-            "".join(
-                f'cutover_check_verdict{{check="{_label(check)}",{svc}}} {num(v)}\n'
-                for check, v in self.check_verdict.items()
-            ),
+            _keyed("cutover_router_desired_share", "router", self.desired, svc),
+            _keyed("cutover_router_observed_share", "router", self.observed, svc),
+            _keyed("cutover_check_value", "check", self.check_value, svc),
+            _keyed("cutover_check_verdict", "check", self.check_verdict, svc),
             "".join(c.lines() for c in self.rollbacks.values()),
             "".join(
                 f"cutover_rollbacks_created{{{c.labels}}} {c.created}\n"

@@ -301,6 +301,12 @@ def openapi_spec() -> dict[str, Any]:
                 "/v1/services": {
                     "get": {
                         "summary": "every service with its live color and running or last cutover",
+                        "description": "Each cutover without its event timeline and without "
+                        "each check's history (GET /v1/cutovers/{id} has both). The list is "
+                        "built at most every 0.25 s and no answer is older than 0.5 s; an API "
+                        "write (start, undo, a command) is in the next answer. Sent with "
+                        "Content-Encoding: gzip to a client whose Accept-Encoding allows it "
+                        "(Vary: Accept-Encoding).",
                         "operationId": "listServices",
                         "responses": {
                             "200": _json(

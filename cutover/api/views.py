@@ -20,6 +20,7 @@ of JSON: encoding it on every request blocked the event loop the engine's rollba
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -29,7 +30,15 @@ from typing import Any
 from cutover.core.model import Cutover, Event, Phase
 from cutover.store.base import StateStore
 
-__all__ = ["StatusViews", "history_json"]
+__all__ = ["LIST_MAX_AGE", "LIST_STALE_MAX_AGE", "Listing", "StatusViews", "history_json"]
+
+#: Seconds a built ``GET /v1/services`` answer is served before the list is built again (an
+#: API write rebuilds it at once). Polled at hundreds of requests a second over a thousand
+#: services, building per request took the event loop's time from the engine.
+LIST_MAX_AGE = 0.25
+#: Up to this age, the last list is still served while the next is built; an older one waits
+#: for the build. So no answer is older than this, however rarely the list is asked for.
+LIST_STALE_MAX_AGE = 2 * LIST_MAX_AGE
 
 #: Compact separators: the list at a thousand services is ~8 % smaller. ``ensure_ascii`` (the
 #: default) keeps every byte ASCII, so the answer is valid UTF-8 whatever a detail contains.
@@ -67,15 +76,29 @@ def _clocks(c: Cutover) -> list[bytes]:
 
 @dataclass(slots=True, kw_only=True)
 class _Entry:
-    """One cutover's encoded JSON; the events part is filled by the first answer that needs it."""
+    """One cutover's encoded JSON; the events part is filled by the first answer that needs it,
+    the list's brief form (no check history) by the first list that needs it."""
 
     cutover: Cutover  # the object encoded, for the identity check
     key: tuple[Any, ...]  # its fields other than the clocks
     pieces: tuple[bytes, ...]  # the body around its clock values: len(_CLOCKS) + 1 pieces
     body: bytes
+    brief_pieces: tuple[bytes, ...] = ()  # the same for the brief form, once built
+    brief: bytes = b""
     events: bytes = b""  # the encoded events, comma-separated, oldest first
     events_seq: int = 0  # the last seq in ``events``
     events_revision: int | None = None  # the cutover's revision when the store was last asked
+
+
+@dataclass(slots=True, kw_only=True)
+class Listing:
+    """One built ``GET /v1/services`` answer and its validator."""
+
+    body: bytes
+    etag: str  # a strong validator: the same tag never names other bytes in this process
+    built_at: float  # the daemon clock's monotonic time
+    writes: int  # :attr:`StatusViews.writes` when it was built
+    gzipped: bytes | None = None  # ``body`` gzip-compressed, once a client accepted it
 
 
 class StatusViews:
@@ -86,6 +109,35 @@ class StatusViews:
         self._max = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._heads: dict[tuple[str, str], bytes] = {}  # (service, live) -> its object's start
+        self._listing: Listing | None = None
+        self._listings = 0  # lists built with new bytes: the ETag's counter
+        # tags of one process never meet another's: a restarted daemon numbers from 1 again
+        self._tag = os.urandom(6).hex()
+        #: API writes (start, undo, commands) answered; a list built before one is stale.
+        self.writes = 0
+
+    def listing(self, now: float, *, max_age: float = LIST_MAX_AGE) -> Listing | None:
+        """The last built list if at monotonic ``now`` it is younger than ``max_age`` and was
+        built after every API write."""
+        last = self._listing
+        if last is None or last.writes != self.writes or now - last.built_at >= max_age:
+            return None
+        return last
+
+    def build_listing(
+        self, services: Iterable[tuple[str, str, bytes | None]], now: float
+    ) -> Listing:
+        """Build the list from (name, live color, :meth:`brief` of the cutover) and keep it. An
+        answer equal to the last one keeps its ETag (and its compressed form)."""
+        body = self.services(services)
+        last = self._listing
+        if last is not None and last.body == body:
+            last.built_at, last.writes = now, self.writes
+            return last
+        self._listings += 1
+        etag = f"{self._tag}-{self._listings}"
+        self._listing = Listing(body=body, etag=etag, built_at=now, writes=self.writes)
+        return self._listing
 
     def services(self, services: Iterable[tuple[str, str, bytes | None]]) -> bytes:
         """The answer of ``GET /v1/services`` from (name, live color, encoded cutover)."""
@@ -100,8 +152,18 @@ class StatusViews:
         return b"".join((self._head(name, live), cutover or b"null", b"}"))
 
     def cutover(self, c: Cutover) -> bytes:
-        """The cutover's JSON without its event timeline (what ``GET /v1/services`` lists)."""
+        """The cutover's JSON without its event timeline."""
         return self._entry(c).body
+
+    def brief(self, c: Cutover) -> bytes:
+        """What ``GET /v1/services`` lists of a cutover: its JSON without the event timeline and
+        without each check's ``history`` (both are in ``GET /v1/cutovers/{id}``); at a thousand
+        services the history was about half of the list's bytes."""
+        entry = self._entry(c)
+        if not entry.brief_pieces:
+            entry.brief_pieces = _pieces(_body(c, history=False))
+            entry.brief = _join(entry.brief_pieces, _clocks(c))
+        return entry.brief
 
     async def cutover_with_events(self, c: Cutover, store: StateStore) -> bytes:
         """The cutover's JSON with its event timeline, as ``GET /v1/cutovers/{id}`` answers."""
@@ -135,7 +197,10 @@ class StatusViews:
             return entry
         key = _key(c)
         if entry is not None and entry.key == key:
-            entry.body = _join(entry.pieces, _clocks(c))
+            clocks = _clocks(c)
+            entry.body = _join(entry.pieces, clocks)
+            if entry.brief_pieces:
+                entry.brief = _join(entry.brief_pieces, clocks)
         else:
             pieces = _pieces(_body(c))
             new = _Entry(cutover=c, key=key, pieces=pieces, body=_join(pieces, _clocks(c)))
@@ -180,10 +245,34 @@ def _pieces(body: dict[str, Any]) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in ("{" + ",".join(members) + "}").split(_CUT))
 
 
-def _body(c: Cutover) -> dict[str, Any]:
+def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
     """The cutover's JSON with None for each of :data:`_CLOCKS` (spliced in by _join); the
-    key order is the answer's."""
+    key order is the answer's. ``history=False``: without each check's ``history``."""
     policies = {p.name: p for p in c.plan.checks}
+    checks = [
+        {
+            "name": s.name,
+            "status": s.last.verdict.value if s.last else None,
+            "value": s.last.value if s.last else None,
+            "detail": s.last.detail if s.last else "",
+            "at": s.last.at if s.last else None,
+            "counting": s.last.counting if s.last else None,
+            "failures_in_window": s.failures_in_window,
+            "failure_limit": policies[s.name].failure_limit if s.name in policies else None,
+            "dry_run": policies[s.name].dry_run if s.name in policies else False,
+            **(
+                {
+                    "history": [
+                        {"verdict": m.verdict.value, "value": m.value, "at": m.at}
+                        for m in s.history
+                    ]
+                }
+                if history
+                else {}
+            ),
+        }
+        for s in c.checks
+    ]
     return {
         "id": c.id,
         "service": c.service,
@@ -221,23 +310,7 @@ def _body(c: Cutover) -> dict[str, Any]:
             }
             for r in c.routers
         ],
-        "checks": [
-            {
-                "name": s.name,
-                "status": s.last.verdict.value if s.last else None,
-                "value": s.last.value if s.last else None,
-                "detail": s.last.detail if s.last else "",
-                "at": s.last.at if s.last else None,
-                "counting": s.last.counting if s.last else None,
-                "failures_in_window": s.failures_in_window,
-                "failure_limit": policies[s.name].failure_limit if s.name in policies else None,
-                "dry_run": policies[s.name].dry_run if s.name in policies else False,
-                "history": [
-                    {"verdict": m.verdict.value, "value": m.value, "at": m.at} for m in s.history
-                ],
-            }
-            for s in c.checks
-        ],
+        "checks": checks,
         "reason": c.reason,
         "created_at": c.created_at,
         "updated_at": None,

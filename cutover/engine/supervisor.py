@@ -121,6 +121,10 @@ class Supervisor:
             raise NotFoundError(f"no cutover {cutover_id!r}")
         return c
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def latest(self, service: str) -> Cutover | None:
         self.config.service(service)  # 404 for an unknown service
         running = self._by_service.get(service)

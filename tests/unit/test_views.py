@@ -9,6 +9,7 @@ supervisor (fake routers and checks, a :class:`FakeClock`) through the app.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cutover.api.app import make_app
-from cutover.api.views import StatusViews, history_json
+from cutover.api.app import LISTING, VIEWS, accepts_gzip, make_app
+from cutover.api.views import LIST_MAX_AGE, LIST_STALE_MAX_AGE, StatusViews, history_json
 from cutover.checks.base import Check
 from cutover.config import ServiceSpec, parse_config
 from cutover.core.model import (
@@ -102,6 +103,15 @@ def _cutover(**kw: Any) -> Cutover:
     return replace(base, **kw)
 
 
+def _briefed(body: bytes) -> bytes:
+    """What the list says of a cutover whose full JSON is ``body``: each check without its
+    history (re-encoded the way the views encode)."""
+    decoded = _decoded(body)
+    for check in decoded["checks"]:
+        del check["history"]
+    return json.dumps(decoded, separators=(",", ":")).encode()
+
+
 def _decoded(body: bytes) -> dict[str, Any]:
     decoded = json.loads(body)
     assert isinstance(decoded, dict)
@@ -154,6 +164,9 @@ def test_the_answer_has_the_contract_fields_in_order() -> None:
     assert (health["status"], health["value"], health["failure_limit"]) == ("pass", 0.5, 3)
     assert health["history"][0] == {"verdict": "pass", "value": 0.0, "at": 1_700_000_000.0}
     assert (gone["status"], gone["failure_limit"], gone["dry_run"]) == (None, None, False)
+    brief = _decoded(StatusViews().brief(_cutover()))
+    assert list(brief) == KEYS and "history" not in brief["checks"][0]
+    assert brief == _decoded(_briefed(StatusViews().cutover(_cutover())))
 
 
 @pytest.mark.parametrize(
@@ -171,9 +184,11 @@ def test_a_cached_answer_equals_a_fresh_encoding_after_any_change(change: dict[s
     views = StatusViews()
     before = _cutover()
     views.cutover(before)
+    views.brief(before)
     after = replace(before, **change)
     answer = views.cutover(after)
     assert answer == StatusViews().cutover(after)
+    assert views.brief(after) == StatusViews().brief(after) == _briefed(answer)
     assert list(_decoded(answer)) == KEYS
     for field, value in change.items():
         if field in ("reason", "revision"):
@@ -354,6 +369,8 @@ async def test_answers_follow_a_running_cutover(daemon: Daemon) -> None:
             listed = await (await daemon.client.get("/v1/services")).json()
             (service,) = listed["services"]
             del body["events"]
+            for check in body["checks"]:  # the list has no check history
+                del check["history"]
             live = daemon.supervisor.live("checkout")
             assert service == {"name": "checkout", "live": live, "cutover": body}
             one = await (await daemon.client.get("/v1/services/checkout")).json()
@@ -387,3 +404,121 @@ async def test_an_unchanged_answer_is_304_to_its_etag(daemon: Daemon) -> None:
         for path, etag in etags.items():
             resp = await daemon.client.get(path, headers={"If-None-Match": etag})
             assert resp.status == 200 and resp.headers["ETag"] != etag
+
+
+def test_a_built_list_is_served_until_its_max_age_or_the_next_write() -> None:
+    views = StatusViews()
+    assert views.listing(0.0) is None
+    entry = [("checkout", "blue", views.brief(_cutover()))]
+    built = views.build_listing(entry, 100.0)
+    assert views.listing(100.0 + LIST_MAX_AGE * 0.99) is built
+    assert views.listing(100.0 + LIST_MAX_AGE) is None  # as old as it may be
+    assert views.listing(100.0 + LIST_MAX_AGE, max_age=LIST_STALE_MAX_AGE) is built
+    views.writes += 1  # an API write: the next list is built afresh
+    assert views.listing(100.0) is None
+    same = views.build_listing(entry, 101.0)
+    assert same is built and same.etag == built.etag  # equal bytes keep their tag
+    assert views.listing(101.0) is same
+    moved = [("checkout", "blue", views.brief(_cutover(hold_elapsed=20.0)))]
+    other = views.build_listing(moved, 102.0)
+    assert other.etag != built.etag and other.body != built.body
+    # tags are not reused by another process (a restarted daemon)
+    assert StatusViews().build_listing(moved, 102.0).etag != other.etag
+
+
+async def test_an_api_write_is_in_the_next_list_and_an_old_list_is_built_again(
+    daemon: Daemon,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        before = await daemon.client.get("/v1/services")
+        assert (await before.json())["services"][0]["cutover"] is None
+        started = await daemon.client.post("/v1/services/checkout/cutovers")
+        cutover_id = (await started.json())["id"]
+        # the list before is younger than LIST_MAX_AGE, yet the write shows at once
+        after = await daemon.client.get("/v1/services")
+        assert (await after.json())["services"][0]["cutover"]["id"] == cutover_id
+        assert after.headers["ETag"] != before.headers["ETag"]
+        await daemon.settle(cutover_id)
+        listed = await (await daemon.client.get("/v1/services")).json()
+        await daemon.advance(1.0)  # the hold moves on and the list grows old
+        await daemon.settle(cutover_id)
+        fresh = await (await daemon.client.get("/v1/services")).json()
+        elapsed = fresh["services"][0]["cutover"]["hold_elapsed"]
+        assert elapsed > listed["services"][0]["cutover"]["hold_elapsed"]
+        assert elapsed == round((await daemon.supervisor.get(cutover_id)).hold_elapsed, 3)
+
+
+async def test_while_a_list_is_built_the_last_is_served_unless_an_api_write_came(
+    daemon: Daemon,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        app = daemon.client.server.app
+        first = await daemon.client.get("/v1/services")
+        await daemon.clock.advance((LIST_MAX_AGE + LIST_STALE_MAX_AGE) / 2)  # the list is old
+        async with app[LISTING]:  # as if another request were building the next list now
+            stale = await daemon.client.get("/v1/services")
+            assert stale.headers["ETag"] == first.headers["ETag"]
+            await daemon.clock.advance(LIST_STALE_MAX_AGE)  # too old to serve: it waits
+            waiting = asyncio.create_task(daemon.client.get("/v1/services"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+        assert (await waiting).status == 200
+        assert app[VIEWS].listing(daemon.clock.monotonic()) is not None  # built just now
+        async with app[LISTING]:
+            # a write makes the last list wrong for its writer: now a list waits for the build
+            started = await daemon.client.post("/v1/services/checkout/cutovers")
+            cutover_id = (await started.json())["id"]
+            waiting = asyncio.create_task(daemon.client.get("/v1/services"))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+        fresh = await waiting
+        assert (await fresh.json())["services"][0]["cutover"]["id"] == cutover_id
+
+
+async def test_the_list_is_gzipped_for_a_client_that_accepts_it(daemon: Daemon) -> None:
+    async with asyncio.timeout(GUARD):
+        await daemon.client.post("/v1/services/checkout/cutovers")
+        packed = await daemon.client.get(
+            "/v1/services", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+        )
+        plain = await daemon.client.get("/v1/services", headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers
+        assert plain.headers["Vary"] == "Accept-Encoding"
+        assert packed.headers["Content-Encoding"] == "gzip"
+        assert packed.headers["Vary"] == "Accept-Encoding"
+        assert gzip.decompress(await packed.read()) == await plain.read()
+        # a client that does not accept the compressed form still gets JSON
+        again = await daemon.client.get("/v1/services", headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in again.headers
+        assert await again.read() == await plain.read()
+        # one content, two codings: two tags, and either one revalidates
+        tags = (plain.headers["ETag"], packed.headers["ETag"])
+        assert tags[0] != tags[1]
+        for tag in tags:
+            for coding in ("gzip", "identity"):
+                resp = await daemon.client.get(
+                    "/v1/services", headers={"If-None-Match": tag, "Accept-Encoding": coding}
+                )
+                assert resp.status == 304, (tag, coding)
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip_ok"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("GZIP;q=0.5", True),
+        ("", False),
+        ("identity", False),
+        ("deflate, br", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0.000", False),
+        ("*, gzip;q=0", False),
+        ("gzip;q=nonsense", False),
+        ("br;q=1, *;q=0", False),
+    ],
+)
+def test_accept_encoding_allows_gzip_as_rfc_9110_says(header: str, gzip_ok: bool) -> None:
+    assert accepts_gzip(header) is gzip_ok

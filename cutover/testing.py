@@ -32,7 +32,7 @@ from typing import Literal
 
 from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Measurement, Verdict
-from cutover.engine.clock import Clock
+from cutover.engine.clock import Clock, Timer
 from cutover.errors import AdapterError, TransientError
 from cutover.routers.base import Reading, Router, RouterState
 
@@ -74,6 +74,17 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), fut))
         await fut  # a cancelled sleeper leaves a cancelled future; it is skipped on waking
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Call ``callback`` once the clock has been advanced by ``seconds`` (a sleeper too)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._mono + seconds
+        if deadline <= self._mono:  # as in sleep: due now (or within float rounding of now)
+            return loop.call_soon(callback)
+        fut: asyncio.Future[None] = loop.create_future()
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        heapq.heappush(self._sleepers, (deadline, next(self._order), fut))
+        return fut
 
     @contextlib.asynccontextmanager
     async def timeout(self, seconds: float) -> AsyncIterator[None]:

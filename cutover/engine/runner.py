@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -38,7 +38,7 @@ from cutover.core.machine import (
 )
 from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict
 from cutover.engine.actuation import CALL_TIMEOUT, observe, rollback_once, shift, within
-from cutover.engine.clock import Clock
+from cutover.engine.clock import Clock, Timer
 from cutover.errors import AdapterError, ConflictError, StoreError
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Reading, Router
@@ -95,8 +95,11 @@ class Runner:
         self._on_change = on_change
         self._inbox: asyncio.Queue[tuple[_Item, asyncio.Future[Step] | None]] = asyncio.Queue()
         self._actuation: asyncio.Task[None] | None = None
-        # one timer to the cutover's next deadline (machine.next_deadline), not a fixed tick
-        self._timer: asyncio.Task[None] | None = None
+        # Feeders are clock timers, not tasks asleep: a check's next measurement, the next
+        # read-back, and a wake at the cutover's next deadline (machine.next_deadline). A task
+        # runs only while a measurement or read-back is under way.
+        self._timers: dict[str, Timer] = {}  # "check:<name>", "observe", "wake"
+        self._feeding: set[asyncio.Task[None]] = set()
         self._wake_at = float("inf")
         # per router: the last good read-back handled and what the cutover was after it
         self._last_reading: dict[str, tuple[Observed, tuple[object, ...]]] = {}
@@ -136,13 +139,9 @@ class Runner:
         a daemon stopping leaves traffic as it is). ``crash`` names the error of the runner
         this one replaces (the supervisor respawns a crashed runner)."""
         self._log.info("runner started", restarted=restarted, status=self.cutover.status.value)
-        background = [
-            asyncio.create_task(self._observer(), name=f"observe-{self.cutover.id}"),
-            *(
-                asyncio.create_task(self._check_loop(name, check), name=f"check-{name}")
-                for name, check in self._checks.items()
-            ),
-        ]
+        self._after(self._observe_every, "observe", self._observe)
+        for name, check in self._checks.items():
+            self._measure_in(0.0, name, check)
         try:
             if restarted:
                 await self._handle(machine.Restarted(crash=crash), None)
@@ -161,12 +160,13 @@ class Runner:
             raise
         finally:
             self._closed = True
-            if self._timer is not None:
-                background.append(self._timer)
-            for task in background:
+            for timer in self._timers.values():
+                timer.cancel()
+            feeding = list(self._feeding)
+            for task in feeding:
                 task.cancel()
             await self._cancel_actuation()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*feeding, return_exceptions=True)
             await asyncio.gather(
                 *(r.aclose() for r in self._routers.values()),
                 *(c.aclose() for c in self._checks.values()),
@@ -234,21 +234,36 @@ class Runner:
         remaining = machine.next_deadline(self.cutover)
         if remaining is None or self._closed:
             return
-        now_mono = self._clock.monotonic()
-        due = now_mono + remaining
-        armed = self._timer is not None and not self._timer.done() and not fired
-        if armed and self._wake_at <= due:
+        due = self._clock.monotonic() + remaining
+        if "wake" in self._timers and not fired and self._wake_at <= due:
             return
-        if self._timer is not None:
-            self._timer.cancel()
         self._wake_at = due
-        self._timer = asyncio.create_task(
-            self._wake_after(remaining), name=f"timer-{self.cutover.id}"
-        )
+        self._at(remaining, "wake", lambda: self._inbox.put_nowait((_Wake(), None)))
 
-    async def _wake_after(self, seconds: float) -> None:
-        await self._clock.sleep(seconds)
-        await self._inbox.put((_Wake(), None))
+    def _at(self, seconds: float, key: str, callback: Callable[[], None]) -> None:
+        """(Re)arm timer ``key`` to call ``callback`` in ``seconds``."""
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if not self._closed:
+
+            def fire() -> None:
+                del self._timers[key]
+                callback()
+
+            self._timers[key] = self._clock.call_later(seconds, fire)
+
+    def _after(
+        self, seconds: float, key: str, feed: Callable[[], Coroutine[None, None, None]]
+    ) -> None:
+        """Run ``feed`` as a task in ``seconds`` (a feeder re-arms itself when it is done)."""
+
+        def start() -> None:
+            task = asyncio.create_task(feed(), name=f"{key}-{self.cutover.id}")
+            self._feeding.add(task)
+            task.add_done_callback(self._feeding.discard)
+
+        self._at(seconds, key, start)
 
     def _to_input(self, c: Cutover, item: _Item) -> Input | None:
         if isinstance(item, _Wake):
@@ -409,13 +424,14 @@ class Runner:
 
     # --- background feeders -----------------------------------------------------------------
 
-    async def _observer(self) -> None:
-        while True:
-            await self._clock.sleep(self._observe_every)
+    async def _observe(self) -> None:
+        """Read every router back once (unless a shift or rollback is under way, which reads
+        back itself), then come back in ``_observe_every``."""
+        try:
             if self.cutover.status not in (Status.RUNNING, Status.AWAITING_APPROVAL, Status.PAUSED):
-                continue
+                return
             if self._actuation is not None and not self._actuation.done():
-                continue
+                return
             for name, router in self._routers.items():
                 try:
                     reading: Reading | None = await within(
@@ -424,19 +440,23 @@ class Runner:
                     error = ""
                 except AdapterError as exc:
                     reading, error = None, str(exc)
-                await self._inbox.put((_ReadBack(name, reading, error), None))
+                self._inbox.put_nowait((_ReadBack(name, reading, error), None))
+        finally:
+            self._after(self._observe_every, "observe", self._observe)
 
-    async def _check_loop(self, name: str, check: Check) -> None:
-        interval = self.cutover.policy(name).interval
-        while True:
-            try:
-                ctx = MeasureContext(
-                    share=self.cutover.share, baseline=self.cutover.check(name).baseline
-                )
-                m = await check.measure(ctx)
-            except Exception as exc:  # a check must not raise; if one does, it is an error
-                m = Measurement(
-                    verdict=Verdict.ERROR, detail=f"check crashed: {exc!r}", at=self._clock.time()
-                )
-            await self._inbox.put((Measured(check=name, measurement=m), None))
-            await self._clock.sleep(interval)
+    async def _measure(self, name: str, check: Check) -> None:
+        """One measurement of check ``name``; the next comes one interval after it ends."""
+        try:
+            ctx = MeasureContext(
+                share=self.cutover.share, baseline=self.cutover.check(name).baseline
+            )
+            m = await check.measure(ctx)
+        except Exception as exc:  # a check must not raise; if one does, it is an error
+            m = Measurement(
+                verdict=Verdict.ERROR, detail=f"check crashed: {exc!r}", at=self._clock.time()
+            )
+        self._inbox.put_nowait((Measured(check=name, measurement=m), None))
+        self._measure_in(self.cutover.policy(name).interval, name, check)
+
+    def _measure_in(self, seconds: float, name: str, check: Check) -> None:
+        self._after(seconds, f"check:{name}", lambda: self._measure(name, check))

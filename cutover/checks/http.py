@@ -5,14 +5,25 @@ wrong status is a *fail* — not an *error*, because the thing being checked (th
 what did not answer. So :meth:`HttpCheck.measure` never raises for a network problem; every
 outcome is a :class:`~cutover.core.model.Measurement`.
 
-Requests go through the loop's shared session (:data:`cutover.checks.net.SESSIONS`), taken
-lazily inside the running event loop, so connections are kept alive across measurements and
-checks. A timeout that fired far later than asked measured the daemon's starved event loop,
-not green: it is an *error* (counted by ``error_limit`` / ``on_error``), never a fail.
+A plain ``http://`` check asks through its own lean HTTP/1.1 client
+(:mod:`cutover.checks.http1`: one keep-alive connection per check, a fraction of aiohttp's
+CPU per request). Everything that client does not take on goes through the loop's shared
+aiohttp session (:data:`cutover.checks.net.SESSIONS`), taken lazily inside the running event
+loop, so connections are kept alive across measurements and checks: ``https://``, a URL with
+user:password, headers that change the answer's encoding or framing, and answers aiohttp would
+not judge as they came: a redirect (aiohttp follows up to 10 for GET and HEAD, so the check is
+judged on where it leads, whatever ``expect_status`` lists) or, when the body is judged, a
+compressed body (aiohttp decodes it). Both paths give the same verdicts and details, judged in
+one place (:meth:`HttpCheck._judge`).
+
+The whole request, both paths together, is bounded by the check's ``timeout``. A timeout that
+fired far later than asked measured the daemon's starved event loop, not green: it is an
+*error* (counted by ``error_limit`` / ``on_error``), never a fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any, Literal
 
@@ -20,6 +31,7 @@ import aiohttp
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from cutover.checks.base import CheckSpecBase, MeasureContext, Placeholders
+from cutover.checks.http1 import Http1Error, fast_client
 from cutover.checks.net import (
     SESSIONS,
     check_url,
@@ -117,6 +129,10 @@ class HttpCheck:
         self._shown = shown_url(url)
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._needle = body_contains.encode() if body_contains is not None else None
+        self._fast = fast_client(
+            url, method, self.headers, read_body=body_contains is not None, limit=BODY_LIMIT
+        )
 
     @property
     def name(self) -> str:
@@ -131,14 +147,15 @@ class HttpCheck:
         shown = self._shown
         started = time.monotonic()
         try:
-            async with self._client().request(
-                self.method,
-                self.url,
-                headers=self.headers,
-                timeout=self._client_timeout,
-            ) as resp:
-                body = await self._read_body(resp) if self.body_contains is not None else b""
-                status = resp.status
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            fast = self._fast
+            # busy: measured twice at once (the runner does not), the second goes to aiohttp
+            if fast is not None and not fast.busy:
+                status, body, redo = await fast.ask(deadline)
+                if redo:
+                    status, body = await self._ask_aiohttp(deadline)
+            else:
+                status, body = await self._ask_aiohttp(deadline)
         except TimeoutError:
             late = late_by(started, self.timeout, time.monotonic())
             if late:
@@ -149,16 +166,30 @@ class HttpCheck:
                     at=time.time(),
                 )
             return self._fail(f"no answer from {shown} within {shown_seconds(self.timeout)}")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (aiohttp.ClientError, Http1Error, OSError, ValueError) as exc:
             return self._fail(f"cannot reach {shown}: {no_answer_reason(exc)}")
         except Exception as exc:  # a check reports, it never raises (see module docstring)
             return self._fail(f"request to {shown} failed: {no_answer_reason(exc)}")
-        latency = time.monotonic() - started
+        return self._judge(status, body, time.monotonic() - started)
 
+    async def _ask_aiohttp(self, deadline: float) -> tuple[int, bytes]:
+        """The status and (when judged) the first :data:`BODY_LIMIT` bytes of the body, by
+        ``deadline`` (on the loop's clock; else :class:`TimeoutError`)."""
+        async with (
+            asyncio.timeout_at(deadline),
+            self._client().request(
+                self.method, self.url, headers=self.headers, timeout=self._client_timeout
+            ) as resp,
+        ):
+            body = await self._read_body(resp) if self._needle is not None else b""
+            return resp.status, body
+
+    def _judge(self, status: int, body: bytes, latency: float) -> Measurement:
+        shown = self._shown
         if status not in self.expect_status:
             expected = " or ".join(str(s) for s in self.expect_status)
             return self._fail(f"HTTP {status} from {shown} (expected {expected})", value=latency)
-        if self.body_contains is not None and self.body_contains.encode() not in body:
+        if self._needle is not None and self._needle not in body:
             return self._fail(
                 f"HTTP {status} from {shown} without {self.body_contains!r} "
                 f"in the first {BODY_LIMIT // 1024} KiB of the body",
@@ -189,6 +220,8 @@ class HttpCheck:
         return Measurement(verdict=Verdict.FAIL, value=value, detail=detail, at=time.time())
 
     async def aclose(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         session, self._session = self._session, None
         if session is not None:
             await SESSIONS.release(session)

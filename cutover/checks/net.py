@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import aiohttp
 from yarl import URL
+
+from cutover.checks.http1 import ConnectError, Http1Error
 
 __all__ = [
     "SESSIONS",
@@ -102,18 +105,29 @@ def shown_seconds(value: float) -> str:
 
 def no_answer_reason(exc: BaseException) -> str:
     """A short human reason for a request that got no HTTP answer."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, socket.gaierror):
-            return "host name does not resolve"
-        code = exc.os_error.errno
-        if code == errno.ECONNREFUSED:
-            return "connection refused"
-        if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "host unreachable"
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectError)):
+        return _connect_reason(exc.os_error)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid URL"
+    if isinstance(exc, Http1Error):  # its text is the reason
+        return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _connect_reason(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return "host name does not resolve"
+    code = error.errno
+    if code is None:
+        # asyncio (3.11) folds the errors of a name's several addresses into one OSError
+        # without errno: "Multiple exceptions: [Errno 111] ..., [Errno 111] ..."
+        codes = set(re.findall(r"\[Errno (\d+)\]", str(error)))
+        code = int(codes.pop()) if len(codes) == 1 else None
+    if code == errno.ECONNREFUSED:
+        return "connection refused"
+    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "host unreachable"
+    return f"cannot connect ({error.strerror or error})"

@@ -28,7 +28,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Measurement, Verdict
@@ -75,14 +75,15 @@ class FakeClock:
         heapq.heappush(self._sleepers, (deadline, next(self._order), fut))
         await fut  # a cancelled sleeper leaves a cancelled future; it is skipped on waking
 
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
-        """Call ``callback`` once the clock has been advanced by ``seconds`` (a sleeper too)."""
+    def call_later(self, seconds: float, callback: Callable[..., object], *args: Any) -> Timer:
+        """Call ``callback(*args)`` once the clock has been advanced by ``seconds`` (a sleeper
+        too)."""
         loop = asyncio.get_running_loop()
         deadline = self._mono + seconds
         if deadline <= self._mono:  # as in sleep: due now (or within float rounding of now)
-            return loop.call_soon(callback)
+            return loop.call_soon(callback, *args)
         fut: asyncio.Future[None] = loop.create_future()
-        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback(*args))
         heapq.heappush(self._sleepers, (deadline, next(self._order), fut))
         return fut
 

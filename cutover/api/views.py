@@ -6,7 +6,8 @@ of JSON: encoding it on every request blocked the event loop the engine's rollba
 :class:`StatusViews` owned by the app:
 
 * A cutover is immutable and its runner replaces it on each step, so its JSON is encoded once
-  per object (checked by identity) and answers join those bytes.
+  per object (checked by identity) and answers join those bytes. The full form and the list's
+  brief form (no check history) are each encoded only when an answer needs them.
 * Many steps move only the clocks (the hold's monitored time, ``updated_at``): a wake at a
   deadline, a read-back that finds the routers as they were. The encoded body is therefore
   kept in pieces around its clock values, and a cutover that differs from the cached one only
@@ -74,17 +75,25 @@ def _clocks(c: Cutover) -> list[bytes]:
     return _bytes(values)[1:-1].split(b",")
 
 
+@dataclass(slots=True)
+class _Form:
+    """One encoded form of a cutover: the body cut around its clock values, and joined."""
+
+    pieces: tuple[bytes, ...]  # len(_CLOCKS) + 1 pieces
+    body: bytes
+
+
 @dataclass(slots=True, kw_only=True)
 class _Entry:
-    """One cutover's encoded JSON; the events part is filled by the first answer that needs it,
-    the list's brief form (no check history) by the first list that needs it."""
+    """One cutover's encoded JSON, each form built by the first answer that needs it: the full
+    form (``GET /v1/cutovers/{id}``, ``GET /v1/services/{service}``), the brief form (the list)
+    and the events part."""
 
     cutover: Cutover  # the object encoded, for the identity check
     key: tuple[Any, ...]  # its fields other than the clocks
-    pieces: tuple[bytes, ...]  # the body around its clock values: len(_CLOCKS) + 1 pieces
-    body: bytes
-    brief_pieces: tuple[bytes, ...] = ()  # the same for the brief form, once built
-    brief: bytes = b""
+    clocks: list[bytes]  # its clock values, encoded
+    full: _Form | None = None
+    brief: _Form | None = None
     events: bytes = b""  # the encoded events, comma-separated, oldest first
     events_seq: int = 0  # the last seq in ``events``
     events_revision: int | None = None  # the cutover's revision when the store was last asked
@@ -153,17 +162,19 @@ class StatusViews:
 
     def cutover(self, c: Cutover) -> bytes:
         """The cutover's JSON without its event timeline."""
-        return self._entry(c).body
+        entry = self._entry(c)
+        if entry.full is None:
+            entry.full = _form(c, entry.clocks, history=True)
+        return entry.full.body
 
     def brief(self, c: Cutover) -> bytes:
         """What ``GET /v1/services`` lists of a cutover: its JSON without the event timeline and
         without each check's ``history`` (both are in ``GET /v1/cutovers/{id}``); at a thousand
-        services the history was about half of the list's bytes."""
+        services the history was more than half of the list's bytes."""
         entry = self._entry(c)
-        if not entry.brief_pieces:
-            entry.brief_pieces = _pieces(_body(c, history=False))
-            entry.brief = _join(entry.brief_pieces, _clocks(c))
-        return entry.brief
+        if entry.brief is None:
+            entry.brief = _form(c, entry.clocks, history=False)
+        return entry.brief.body
 
     async def cutover_with_events(self, c: Cutover, store: StateStore) -> bytes:
         """The cutover's JSON with its event timeline, as ``GET /v1/cutovers/{id}`` answers."""
@@ -178,7 +189,7 @@ class StatusViews:
                 entry.events_seq = fresh[-1].seq
             entry.events_revision = c.revision
         # the body again: the cutover may have been re-encoded by another answer meanwhile
-        body = self._entry(c).body
+        body = self.cutover(c)
         return b"".join((body[:-1], b',"events":[', entry.events, b"]}"))
 
     def _head(self, name: str, live: str) -> bytes:
@@ -197,13 +208,12 @@ class StatusViews:
             return entry
         key = _key(c)
         if entry is not None and entry.key == key:
-            clocks = _clocks(c)
-            entry.body = _join(entry.pieces, clocks)
-            if entry.brief_pieces:
-                entry.brief = _join(entry.brief_pieces, clocks)
+            entry.clocks = clocks = _clocks(c)
+            for form in (entry.full, entry.brief):
+                if form is not None:
+                    form.body = _join(form.pieces, clocks)
         else:
-            pieces = _pieces(_body(c))
-            new = _Entry(cutover=c, key=key, pieces=pieces, body=_join(pieces, _clocks(c)))
+            new = _Entry(cutover=c, key=key, clocks=_clocks(c))
             if entry is not None:  # the timeline read so far stays valid: it only grows
                 new.events, new.events_seq = entry.events, entry.events_seq
                 new.events_revision = entry.events_revision
@@ -218,6 +228,11 @@ class StatusViews:
 def history_json(service: str, cutovers: Iterable[bytes]) -> bytes:
     """The answer of ``GET /v1/services/{service}/cutovers`` from encoded cutovers."""
     return b'{"service":' + _bytes(service) + b',"cutovers":[' + b",".join(cutovers) + b"]}"
+
+
+def _form(c: Cutover, clocks: list[bytes], *, history: bool) -> _Form:
+    pieces = _pieces(_body(c, history=history))
+    return _Form(pieces, _join(pieces, clocks))
 
 
 def _join(pieces: tuple[bytes, ...], clocks: list[bytes]) -> bytes:

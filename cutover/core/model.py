@@ -371,15 +371,19 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _dump(obj: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists, enums -> their values."""
-    if type(obj) in _SCALARS:  # most of a cutover's leaves: no failed attribute lookups
+    """Dataclasses -> dicts, tuples -> lists, enums -> their values. Scalar leaves (most of a
+    cutover's) are kept inline, without a call each: a progress write encodes the whole
+    cutover, check histories included, ~33 times a second at 1000 cutovers."""
+    if type(obj) in _SCALARS:
         return obj
     if hasattr(obj, "__dataclass_fields__"):
-        return {name: _dump(getattr(obj, name)) for name in obj.__dataclass_fields__}
+        # A dataclass's __dict__ holds exactly its fields, in field order (__init__ and
+        # evolve set them so): no getattr per field.
+        return {k: v if type(v) in _SCALARS else _dump(v) for k, v in obj.__dict__.items()}
     if isinstance(obj, tuple | list):
-        return [_dump(x) for x in obj]
+        return [x if type(x) in _SCALARS else _dump(x) for x in obj]
     if isinstance(obj, dict):
-        return {k: _dump(v) for k, v in obj.items()}
+        return {k: v if type(v) in _SCALARS else _dump(v) for k, v in obj.items()}
     if isinstance(obj, StrEnum):
         return obj.value
     return obj

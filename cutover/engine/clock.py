@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Clock", "SystemClock", "Timer"]
 
@@ -22,8 +23,8 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
-        """Call ``callback`` on the event loop once ``seconds`` have passed, unless cancelled.
+    def call_later(self, seconds: float, callback: Callable[..., object], *args: Any) -> Timer:
+        """Call ``callback(*args)`` on the loop once ``seconds`` have passed, unless cancelled.
         A waiting timer is one handle, where a task asleep in :meth:`sleep` holds a coroutine
         chain, a future and a context: at 1000 cutovers those were most of what the garbage
         collector traversed (docs/performance.md)."""
@@ -33,6 +34,9 @@ class Clock(Protocol):
         """Raise :class:`TimeoutError` out of the block once ``seconds`` have passed (the block
         is cancelled), like :func:`asyncio.timeout` but on this clock."""
         ...
+
+
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class SystemClock:
@@ -45,8 +49,11 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_later(seconds, callback)
+    def call_later(self, seconds: float, callback: Callable[..., object], *args: Any) -> Timer:
+        # One shared, empty context instead of a copy per handle (a tracked object each): the
+        # engine's timer callbacks only hand work on and set no context variables.
+        loop = asyncio.get_running_loop()
+        return loop.call_later(seconds, callback, *args, context=_TIMER_CONTEXT)
 
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         return asyncio.timeout(seconds)  # one timer handle: no task per bounded call

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from cutover.api import views as views_module
 from cutover.api.app import LISTING, VIEWS, accepts_gzip, make_app
 from cutover.api.views import LIST_MAX_AGE, LIST_STALE_MAX_AGE, StatusViews, history_json
 from cutover.checks.base import Check
@@ -193,6 +194,28 @@ def test_a_cached_answer_equals_a_fresh_encoding_after_any_change(change: dict[s
     for field, value in change.items():
         if field in ("reason", "revision"):
             assert _decoded(answer)[field] == value
+
+
+def test_each_form_is_encoded_only_when_an_answer_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded: list[bool] = []  # the history flag of each encoding
+    body = views_module._body
+
+    def counting(c: Cutover, *, history: bool = True) -> dict[str, Any]:
+        encoded.append(history)
+        return body(c, history=history)
+
+    monkeypatch.setattr(views_module, "_body", counting)
+    views = StatusViews()
+    c = _cutover()
+    for _ in range(3):
+        views.brief(c)
+    assert encoded == [False]  # a list needs only the brief form
+    views.brief(replace(c, hold_elapsed=50.0, stage_elapsed=50.0))  # clocks only: spliced
+    assert encoded == [False]
+    views.cutover(c)
+    assert encoded == [False, True]
 
 
 def test_the_same_cutover_object_is_answered_from_the_cache() -> None:

@@ -370,7 +370,8 @@ def report(results: list[Result]) -> None:
     goals = {
         "RSS < 150 MB": big.rss_mb < 150,
         "CPU < 10 % of a core": big.cpu < 0.10,
-        "loop lag p99 < 20 ms": max(lags) < 20,
+        # a bucket bound: "<= 20" is the daemon's le="0.02" bucket (exactly 20 ms never comes)
+        "loop lag p99 < 20 ms": max(lags) <= 20,
         "status p99 < 20 ms": all(v[1] < 20 for v in big.latency.values()),
         "no cutover lost to the load": big.stopped == 0,
     }

@@ -36,6 +36,7 @@ from cutover.store.base import StateStore
 
 __all__ = [
     "LISTING",
+    "LIST_BUILDS",
     "MAX_BODY",
     "METRICS",
     "STORE",
@@ -229,7 +230,7 @@ async def _listing(request: web.Request, *, compressed: bool) -> Listing:
         return await _build_listing(app, compressed=compressed)
     # The last list is served while the next is built in the background (one build at a
     # time): each request that waited for a build had ~10 ms more at 1000 services.
-    if not app[LISTING].locked():
+    if not app[LISTING].locked() and not app[LIST_BUILDS]:  # none running or about to
         task = asyncio.create_task(_build_listing(app, compressed=compressed))
         app[LIST_BUILDS].add(task)
         task.add_done_callback(app[LIST_BUILDS].discard)

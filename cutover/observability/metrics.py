@@ -45,7 +45,8 @@ ROLLBACK_CAUSES = ("check", "operator", "router", "drift", "approval")
 
 #: Router calls take ~1 ms on a local HAProxy socket and up to their timeout when a server hangs.
 _ROUTER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+#: 0.02: the bound issue 7 sets for loop lag p99, so a dashboard can tell it directly.
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 #: How prometheus_client writes a number (Go's way: +Inf, NaN, 1.234567e+06); untyped there.
 _go_float: Callable[[float], str] = floatToGoString

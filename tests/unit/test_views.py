@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cutover.api import views as views_module
-from cutover.api.app import LISTING, VIEWS, accepts_gzip, make_app
+from cutover.api.app import LIST_BUILDS, LISTING, VIEWS, accepts_gzip, make_app
 from cutover.api.views import LIST_MAX_AGE, LIST_STALE_MAX_AGE, StatusViews, history_json
 from cutover.checks.base import Check
 from cutover.config import ServiceSpec, parse_config
@@ -496,6 +496,27 @@ async def test_while_a_list_is_built_the_last_is_served_unless_an_api_write_came
             assert not waiting.done()
         fresh = await waiting
         assert (await fresh.json())["services"][0]["cutover"]["id"] == cutover_id
+
+
+async def test_concurrent_pollers_of_an_old_list_start_one_build(daemon: Daemon) -> None:
+    async with asyncio.timeout(GUARD):
+        app = daemon.client.server.app
+        views = app[VIEWS]
+        first = await daemon.client.get("/v1/services")
+        await daemon.clock.advance((LIST_MAX_AGE + LIST_STALE_MAX_AGE) / 2)
+        builds = []
+        build = views.build_listing
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            builds.append(1)
+            return build(*args, **kwargs)
+
+        views.build_listing = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(daemon.client.get("/v1/services") for _ in range(8)))
+        assert {a.headers["ETag"] for a in answers} == {first.headers["ETag"]}  # the last list
+        await asyncio.gather(*app[LIST_BUILDS])
+        assert builds == [1]
+        assert views.listing(daemon.clock.monotonic()) is not None  # the next one is built
 
 
 async def test_the_list_is_gzipped_for_a_client_that_accepts_it(daemon: Daemon) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from cutover.api.app import make_app
 from cutover.api.tls import server_ssl_context
+from cutover.checks.http import HttpCheckSpec
 from cutover.config import Config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
@@ -25,7 +27,7 @@ from cutover.notify import Notifier
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 
-__all__ = ["GC_THRESHOLDS", "run_daemon"]
+__all__ = ["GC_THRESHOLDS", "few_files_warning", "run_daemon"]
 
 #: Garbage-collector generation thresholds for the daemon. With CPython's default (700, 10, 10)
 #: a cutover's short-lived states (each step makes a new one, kept a few seconds) survive many
@@ -36,9 +38,57 @@ __all__ = ["GC_THRESHOLDS", "run_daemon"]
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+#: Open files the daemon may hold besides its checks' kept connections: the API's clients, the
+#: store, the routers' and notifiers' connections.
+FILES_BESIDES_CHECKS = 256
+
+
+def kept_connections(config: Config) -> int:
+    """Connections the checks keep open when every service's cutover runs: one per plain
+    ``http://`` check (cutover.checks.http1)."""
+    return sum(
+        1
+        for service in config.services.values()
+        for check in service.checks
+        if isinstance(check, HttpCheckSpec) and check.url.startswith("http://")
+    )
+
+
+def open_files_soft_limit(limits: str) -> int | None:
+    """The soft "Max open files" of a ``/proc/<pid>/limits`` text; None when unlimited or not
+    there. Read from /proc, not getrlimit(2): the shipped unit's system-call filter leaves out
+    ``@resources``, and a call outside the filter kills the process."""
+    for line in limits.splitlines():
+        if line.startswith("Max open files"):
+            soft = line[len("Max open files") :].split()[0]
+            return int(soft) if soft.isdigit() else None
+    return None
+
+
+def few_files_warning(config: Config, limits: str) -> str | None:
+    """Why the open-files limit is too low for this config, or None."""
+    soft = open_files_soft_limit(limits)
+    checks = kept_connections(config)
+    needed = checks + FILES_BESIDES_CHECKS
+    if soft is None or soft >= needed:
+        return None
+    return (
+        f"the open-files limit ({soft}) is below what {checks} plain-http health check(s) need "
+        f"when every cutover runs ({needed}): checks would fail with 'Too many open files'. "
+        "Raise it (LimitNOFILE=; config/cutover.service sets 65536)"
+    )
+
+
 async def run_daemon(config: Config) -> None:
     log = structlog.get_logger()
     gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        limits = await asyncio.to_thread(Path("/proc/self/limits").read_text)
+    except OSError:
+        limits = ""
+    few_files = few_files_warning(config, limits)
+    if few_files:
+        log.warning(few_files, alarm=True)
     host, port = config.api.host, config.api.port  # config refuses non-loopback w/o tokens
     tls = config.api.tls
     ssl_context = await asyncio.to_thread(server_ssl_context, tls) if tls else None

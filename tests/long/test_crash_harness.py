@@ -224,9 +224,9 @@ class Harness:
             self.stats["new color failed"] += 1
 
     async def _kill(self, cid: str, mode: str, *, interrupt: asyncio.Event | None) -> str | None:
-        """Kill the daemon at an instant chosen by ``mode``; returns the mode used (a random
-        wait that sees ``interrupt`` set -- the new color started failing -- turns into a wait
-        for the rollback), or ``None`` when the cutover ended first."""
+        """Kill the daemon at an instant chosen by ``mode``; returns the mode used (a wait that
+        sees ``interrupt`` set -- the new color started failing -- turns into a wait for the
+        rollback), or ``None`` when the cutover ended first."""
         e = self.e
         if mode == "random":
             try:
@@ -240,9 +240,17 @@ class Harness:
             base = (await e.cutover(cid))["events"][-1]["seq"]
             deadline = time.monotonic() + 15
             while True:
+                if interrupt is not None and interrupt.is_set() and mode != "rollback":
+                    # the new color started failing during this wait: catch its rollback
+                    # instead, or the restart this kill leads to may see it begin and end
+                    mode, wanted = "rollback", {"rollback_started"}
                 c = await e.cutover(cid)
                 fresh = [ev for ev in c["events"] if ev["seq"] > base]
                 if any(ev["kind"] in wanted for ev in fresh):
+                    break
+                # a rollback that started before ``base`` (while the last restart was being
+                # checked) is still rolling back: the hook holds it a second before it acts
+                if mode == "rollback" and c["state"] == "rolling_back":
                     break
                 if c["state"] in TERMINAL:
                     return None

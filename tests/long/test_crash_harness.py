@@ -140,6 +140,11 @@ class Harness:
         self.rng = rng
         self.monkeypatch = monkeypatch
         self.stats: collections.Counter[str] = collections.Counter()
+        # The new color starts failing only while a kill is being waited for (``watching``),
+        # never while a restart is being checked: a restarted daemon could otherwise roll
+        # back and finish before the next kill, and no kill would land in the rollback.
+        self.watching = asyncio.Event()
+        self.breaking = False  # the new color is being made to fail: the next kill is for it
 
     async def start_daemon(self, *, act_delay: bool) -> None:
         if act_delay:
@@ -179,8 +184,11 @@ class Harness:
                 mode = self._mode(kills_left=kills - done)
                 act_delay = fail_new or mode == "persist-act"
                 resumed += await self._restart_and_check(cid, act_delay=act_delay)
+            self.watching.set()  # no more kills: the new color may fail at any time now
             c = await e.wait_for(cid, state=TERMINAL, within=60)
         finally:
+            self.watching.clear()
+            self.breaking = False
             breaker.cancel()
             await asyncio.gather(breaker, return_exceptions=True)
         self._check_journal(c, restarts=resumed)
@@ -203,14 +211,15 @@ class Harness:
         return self.rng.choice(("random", "random", "persist-act"))
 
     async def _fail_in_stage_2(self, cid: str, new: str, failing: asyncio.Event) -> None:
-        """The new color's health starts failing as soon as stage 2 (index 1) begins, whether
-        the daemon is up or not (then the stored record says where it is)."""
+        """The new color's health starts failing once stage 2 (index 1) has begun, while a
+        kill is being waited for (see ``watching``)."""
         while True:
             try:
                 c: dict[str, Any] | None = await self.e.cutover(cid)
             except (aiohttp.ClientError, OSError):
                 c = None
-            if c is not None and c["stage"] >= 1:
+            if c is not None and c["stage"] >= 1 and self.watching.is_set():
+                self.breaking = True
                 await self._set_health(new, ok=False)
                 failing.set()
                 return
@@ -228,19 +237,21 @@ class Harness:
         sees ``interrupt`` set -- the new color started failing -- turns into a wait for the
         rollback), or ``None`` when the cutover ended first."""
         e = self.e
+        self.watching.set()
         if mode == "random":
             try:
                 async with asyncio.timeout(self.rng.uniform(0.05, 2.0)):
                     await (interrupt or asyncio.Event()).wait()
                 mode = "rollback"
             except TimeoutError:
-                pass
+                if self.breaking:
+                    mode = "rollback"
         if mode != "random":
             wanted = {"rollback_started"} if mode == "rollback" else TRANSITIONS
             base = (await e.cutover(cid))["events"][-1]["seq"]
             deadline = time.monotonic() + 15
             while True:
-                if interrupt is not None and interrupt.is_set() and mode != "rollback":
+                if self.breaking and mode != "rollback":
                     # the new color started failing during this wait: catch its rollback
                     # instead, or the restart this kill leads to may see it begin and end
                     mode, wanted = "rollback", {"rollback_started"}
@@ -253,9 +264,15 @@ class Harness:
                 if mode == "rollback" and c["state"] == "rolling_back":
                     break
                 if c["state"] in TERMINAL:
+                    self.watching.clear()
                     return None
                 assert time.monotonic() < deadline, f"no transition to catch: {c['state']}"
                 await asyncio.sleep(0.03)
+        if self.breaking and mode != "rollback":  # it began as this kill was due: catch it
+            return await self._kill(cid, "rollback", interrupt=interrupt)
+        self.watching.clear()
+        if mode == "rollback":
+            self.breaking = False  # caught: later kills of this cutover are ordinary again
         await e.kill_daemon()
         self.stats["kills"] += 1
         self.stats[f"kills {mode}"] += 1

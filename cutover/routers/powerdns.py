@@ -69,6 +69,7 @@ from cutover.routers.dns_split import (
     Published,
     Weights,
     canonical_address,
+    family_of,
     lua_weights,
     percent,
     published,
@@ -195,6 +196,8 @@ class PowerDNSRouter:
         self._dns: ServerAddress | None = (
             parse_server(spec.dns_server) if spec.dns_server is not None else None
         )
+        # what the name publishes when it is ours (both colors have the same families)
+        self._families = tuple(f for f in FAMILIES if any(family_of(a) == f for a in spec.blue))
         self._session: aiohttp.ClientSession | None = None
         self._kept: tuple[dict[str, Any], ...] | None = None  # other LUA records, last read
         self._asked: int | None = None
@@ -288,8 +291,17 @@ class PowerDNSRouter:
         self._asked = share
 
     async def observe(self) -> Reading:
-        snap = await self._read()
-        answers = await self._check_answers(snap)
+        # the DNS queries of the colors' families go out with the API read, and their
+        # answers are judged against it once it is in (a rollback's read-back is then the
+        # slower of the two round trips, not their sum)
+        families = self._families if self._dns is not None else ()
+        early = asyncio.gather(*(self._query(f) for f in families), return_exceptions=True)
+        try:
+            snap = await self._read()
+        except BaseException:
+            early.cancel()
+            raise
+        answers = await self._check_answers(snap, dict(zip(families, await early, strict=True)))
         share = share_of(_weights(snap), self._old, self._new)
         state = dict(_state(snap.plain, snap.lua, snap.ttls))
         if snap.unparsed:
@@ -445,25 +457,41 @@ class PowerDNSRouter:
             raise TransientError(f"{self._where}: reading the zone: unexpected answer")
         return zone
 
-    async def _check_answers(self, snap: _Snapshot) -> dict[Family, list[str]]:
-        """With ``dns_server``: one real query per published family; each answer must be
-        authoritative and carry only published addresses (else TransientError)."""
+    async def _check_answers(
+        self,
+        snap: _Snapshot,
+        asked: Mapping[Family, dns.message.Message | BaseException] | None = None,
+    ) -> dict[Family, list[str]]:
+        """With ``dns_server``: one real query per published family (``asked``: answers or
+        errors of queries already made); each answer must be authoritative and carry only
+        published addresses (else TransientError)."""
         if self._dns is None:
             return {}
+        asked = asked or {}
         families = [f for f in FAMILIES if snap.served(f)]
-        found = await asyncio.gather(*(self._answer(f, snap.served(f)) for f in families))
-        return dict(zip(families, found, strict=True))
+        found = await asyncio.gather(
+            *(self._query(f) for f in families if f not in asked), return_exceptions=True
+        )
+        late = dict(zip([f for f in families if f not in asked], found, strict=True))
+        return {
+            f: self._judge(f, asked[f] if f in asked else late[f], snap.served(f)) for f in families
+        }
 
-    async def _answer(self, family: Family, allowed: set[str]) -> list[str]:
+    async def _query(self, family: Family) -> dns.message.Message:
+        assert self._dns is not None
+        query = dns.message.make_query(self._spec.record, family, dns.rdataclass.IN)
+        query.flags &= ~dns.flags.RD
+        return await exchange(query, self._dns, within=self._spec.timeout, who=self._who, udp=True)
+
+    def _judge(
+        self, family: Family, answer: dns.message.Message | BaseException, allowed: set[str]
+    ) -> list[str]:
+        if isinstance(answer, BaseException):
+            raise answer
         assert self._dns is not None
         host, port = self._dns
         where = f"{self._who}: DNS server {host}:{port}"
         doing = f"query {self._spec.record} {family}"
-        query = dns.message.make_query(self._spec.record, family, dns.rdataclass.IN)
-        query.flags &= ~dns.flags.RD
-        answer = await exchange(
-            query, self._dns, within=self._spec.timeout, who=self._who, udp=True
-        )
         if answer.rcode() == dns.rcode.SERVFAIL:
             raise TransientError(
                 f"{where}: {doing}: SERVFAIL (a LUA record that cannot run answers so; are LUA"

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import io
 import logging
+import socket
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from cutover.config import load_config
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.logging import configure_logging
-from cutover.routers.dns_common import exchange_all
+from cutover.routers.dns_common import exchange, exchange_all
 from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec, lua_content
 from cutover.routers.rfc2136 import Rfc2136Router, Rfc2136Spec
 from demo.dnsservers import Bind, PowerDNS, find_binary, free_dns_port, new_tsig_key
@@ -456,11 +457,24 @@ class FakeDns:
     """A TCP DNS server that answers every query authoritatively with an empty NOERROR.
 
     ``reverse`` answers the queries that came in one read in reverse order (as RFC 7766 lets a
-    server do); ``one_per_connection`` closes after the first answer, as old servers do."""
+    server do); ``one_per_connection`` closes after the first answer, as old servers do.
+    Broken servers: ``silent`` never answers, ``closes`` closes without answering, and
+    ``wrong_id`` answers with another message id."""
 
-    def __init__(self, *, reverse: bool = False, one_per_connection: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        reverse: bool = False,
+        one_per_connection: bool = False,
+        silent: bool = False,
+        closes: bool = False,
+        wrong_id: bool = False,
+    ) -> None:
         self.reverse = reverse
         self.one_per_connection = one_per_connection
+        self.silent = silent
+        self.closes = closes
+        self.wrong_id = wrong_id
         self.connections = 0
         self._handlers: list[asyncio.Task[object]] = []
         self._server: asyncio.Server | None = None
@@ -489,11 +503,17 @@ class FakeDns:
                 size = int.from_bytes(data[:2], "big")
                 queries.append(dns.message.from_wire(data[2 : 2 + size]))
                 data = data[2 + size :]
+            if self.silent:
+                await reader.read()  # until the client gives up and closes
+                return
+            if self.closes:
+                return
             if self.reverse:
                 queries.reverse()
             for q in queries[:1] if self.one_per_connection else queries:
                 answer = dns.message.make_response(q)
                 answer.flags |= dns.flags.AA
+                answer.id ^= 0xFFFF if self.wrong_id else 0
                 writer.write(answer.to_wire(prepend_length=True))
             await writer.drain()
         finally:
@@ -516,6 +536,34 @@ async def test_read_back_queries_share_one_connection_when_the_server_lets_them(
     # pipelined on one connection; a server that answers once per connection is asked the
     # rest on a connection each
     assert fake.connections == (1 if server == "reverse" else 3)
+
+
+@pytest.mark.parametrize(
+    ("server", "error"),
+    [
+        ("silent", "no answer within 0.3s"),
+        ("closes", "closed the connection without answering"),
+        ("wrong_id", "malformed answer .A DNS query response does not respond"),
+    ],
+)
+async def test_a_broken_answer_over_tcp_is_transient(server: str, error: str) -> None:
+    query = dns.message.make_query(WWW, "A")
+    async with FakeDns(**{server: True}) as address:
+        for send in (
+            exchange(query, address, within=0.3, who="router 'dns'"),
+            exchange_all([query, query], address, within=0.3, who="router 'dns'"),
+        ):
+            with pytest.raises(TransientError, match=rf"router 'dns': DNS server .*{error}"):
+                await send
+
+
+async def test_a_query_over_udp_without_answer_times_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        query = dns.message.make_query(WWW, "A")
+        with pytest.raises(TransientError, match=r"DNS server .* no answer within 0.2s"):
+            await exchange(query, silent.getsockname(), within=0.2, who="r", udp=True)
+        assert silent.recv(512) == query.to_wire()  # it was asked
 
 
 async def test_read_back_queries_to_a_closed_port_are_transient() -> None:

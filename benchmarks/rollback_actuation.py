@@ -15,8 +15,9 @@ all columns see the same machine load, after moving the routers to 50 % (untimed
 * ``bound``      the lower bound: the raw write round trip of the slowest router of the setup
                  with the simplest blocking client (HAProxy: one unix-socket connection with
                  the backend's ``set server`` commands on one ``;``-joined line; BIND: one
-                 TSIG-signed dnspython UPDATE over TCP; PowerDNS: one API PATCH on a kept-alive
-                 ``http.client`` connection); no read-back;
+                 TSIG-signed dnspython UPDATE over TCP; PowerDNS: one API PATCH with
+                 ``http.client``, which connects each time: PowerDNS closes after an answer);
+                 no read-back;
 * ``script``     what an operator would script otherwise: ``bash`` running, sequentially, one
                  ``socat`` per HAProxy server (its weight and state on one line), ``nsupdate``
                  for BIND and ``curl`` PATCH for PowerDNS; no read-back either.

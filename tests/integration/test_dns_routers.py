@@ -832,6 +832,25 @@ async def test_powerdns_dns_readback_catches_a_lua_record_that_fails(
     assert reading.state == pdns_router.expected(0) and reading.share == 0.0
 
 
+async def test_powerdns_read_back_also_asks_dns_for_a_family_only_the_record_has(
+    pdns_server: PowerDNS, pdns_router: PowerDNSRouter
+) -> None:
+    """The colors are IPv4 only, so the read-back's early DNS query is for A; an AAAA added by
+    hand shows in the API read, is asked for then, and reads as drift."""
+    await pdns_router.preflight()
+    aaaa = {"content": "2001:db8::5", "disabled": False}
+    body = {
+        "rrsets": [
+            {"name": WWW, "type": "AAAA", "ttl": 5, "changetype": "REPLACE", "records": [aaaa]}
+        ]
+    }
+    assert (await pdns_server.api("PATCH", f"/zones/{DNS_ZONE}", body))[0] == 204
+    reading = await pdns_router.observe()
+    assert reading.state["AAAA"] == "2001:db8::5"
+    assert reading.state != pdns_router.expected(0)
+    assert "answered A 192.0.2.10, AAAA 2001:db8::5" in reading.detail
+
+
 # --- secrets in the daemon's logs ---------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.metrics import RouterTimer
-from cutover.routers.base import AppliesAndObserves, Reading, Router, RouterState
+from cutover.routers.base import Reading, Router, RouterState, one_round_trip
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -109,8 +109,8 @@ async def _shift_attempt(
 async def _apply_and_read(router: Router, share: int, timer: RouterTimer | None) -> Reading:
     """Write ``share`` (timed as ``apply``) and read back: in one call where the router can."""
     with _timed(timer, router, "apply"):
-        if isinstance(router, AppliesAndObserves):
-            return await router.apply_and_observe(share)
+        if (both := one_round_trip(router)) is not None:
+            return await both.apply_and_observe(share)
         await router.apply(share)
     return await observe(router, timer)
 
@@ -164,21 +164,19 @@ async def shift(
     timer: RouterTimer | None = None,
 ) -> list[RouterOutcome]:
     """Set every router to ``share`` concurrently; one outcome per router."""
-    return list(
-        await asyncio.gather(
-            *(
-                _shift_one(
-                    r,
-                    share,
-                    written_state=written_states.get(name),
-                    force=force,
-                    apply_timeout=apply_timeout,
-                    clock=clock,
-                    timer=timer,
-                )
-                for name, r in routers.items()
+    return await _together(
+        [
+            _shift_one(
+                r,
+                share,
+                written_state=written_states.get(name),
+                force=force,
+                apply_timeout=apply_timeout,
+                clock=clock,
+                timer=timer,
             )
-        )
+            for name, r in routers.items()
+        ]
     )
 
 
@@ -190,9 +188,9 @@ async def _rollback_write(
     counts if the router then reads all-old."""
     try:
         with _timed(timer, router, "rollback"):
-            if isinstance(router, AppliesAndObserves):
-                both = router.apply_and_observe(0, evacuate=True)
-                return await within(clock, CALL_TIMEOUT, both), ""
+            if (both := one_round_trip(router)) is not None:
+                call = both.apply_and_observe(0, evacuate=True)
+                return await within(clock, CALL_TIMEOUT, call), ""
             await within(clock, CALL_TIMEOUT, router.apply(0, evacuate=True))
     except AdapterError as exc:
         return None, str(exc)
@@ -222,4 +220,12 @@ async def rollback_once(
     routers: Mapping[str, Router], clock: Clock, timer: RouterTimer | None = None
 ) -> list[RouterOutcome]:
     """One concurrent rollback attempt on the given routers."""
-    return list(await asyncio.gather(*(_rollback_one(r, clock, timer) for r in routers.values())))
+    return await _together([_rollback_one(r, clock, timer) for r in routers.values()])
+
+
+async def _together(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """The results of ``calls``, run concurrently; a lone call (most services have one router)
+    is awaited as it is, without a task around it."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    return list(await asyncio.gather(*calls))

@@ -812,18 +812,20 @@ async def test_powerdns_preflight_refusals(pdns_server: PowerDNS, tmp_path: Path
         await no_lua.stop()
 
 
+async def hand_edit(pdns: PowerDNS, rtype: str, content: str) -> None:
+    """What an operator might do through the API: ``www``'s ``rtype`` RRset becomes one
+    record."""
+    record = {"content": content, "disabled": False}
+    rrset = {"name": WWW, "type": rtype, "ttl": 5, "changetype": "REPLACE", "records": [record]}
+    assert (await pdns.api("PATCH", f"/zones/{DNS_ZONE}", {"rrsets": [rrset]}))[0] == 204
+
+
 async def test_powerdns_dns_readback_catches_a_lua_record_that_fails(
     pdns_server: PowerDNS, pdns_router: PowerDNSRouter
 ) -> None:
     """The API takes any Lua code; only a real query shows that it answers SERVFAIL."""
     await pdns_router.preflight()
-    broken = {"content": "A \"pickwrandom({{1, '192.0.2.10'}\"", "disabled": False}
-    body = {
-        "rrsets": [
-            {"name": WWW, "type": "LUA", "ttl": 5, "changetype": "REPLACE", "records": [broken]}
-        ]
-    }
-    assert (await pdns_server.api("PATCH", f"/zones/{DNS_ZONE}", body))[0] == 204
+    await hand_edit(pdns_server, "LUA", "A \"pickwrandom({{1, '192.0.2.10'}\"")
     with pytest.raises(TransientError, match="SERVFAIL") as info:
         await pdns_router.observe()
     assert pdns_server.server in str(info.value)
@@ -838,13 +840,7 @@ async def test_powerdns_read_back_also_asks_dns_for_a_family_only_the_record_has
     """The colors are IPv4 only, so the read-back's early DNS query is for A; an AAAA added by
     hand shows in the API read, is asked for then, and reads as drift."""
     await pdns_router.preflight()
-    aaaa = {"content": "2001:db8::5", "disabled": False}
-    body = {
-        "rrsets": [
-            {"name": WWW, "type": "AAAA", "ttl": 5, "changetype": "REPLACE", "records": [aaaa]}
-        ]
-    }
-    assert (await pdns_server.api("PATCH", f"/zones/{DNS_ZONE}", body))[0] == 204
+    await hand_edit(pdns_server, "AAAA", "2001:db8::5")
     reading = await pdns_router.observe()
     assert reading.state["AAAA"] == "2001:db8::5"
     assert reading.state != pdns_router.expected(0)

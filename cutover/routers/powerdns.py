@@ -68,8 +68,8 @@ from cutover.routers.dns_split import (
     Family,
     Published,
     Weights,
+    by_family,
     canonical_address,
-    family_of,
     lua_weights,
     percent,
     published,
@@ -197,7 +197,7 @@ class PowerDNSRouter:
             parse_server(spec.dns_server) if spec.dns_server is not None else None
         )
         # what the name publishes when it is ours (both colors have the same families)
-        self._families = tuple(f for f in FAMILIES if any(family_of(a) == f for a in spec.blue))
+        self._families = tuple(f for f, found in by_family(spec.blue).items() if found)
         self._session: aiohttp.ClientSession | None = None
         self._kept: tuple[dict[str, Any], ...] | None = None  # other LUA records, last read
         self._asked: int | None = None
@@ -467,15 +467,12 @@ class PowerDNSRouter:
         published addresses (else TransientError)."""
         if self._dns is None:
             return {}
-        asked = asked or {}
+        answers = dict(asked or {})
         families = [f for f in FAMILIES if snap.served(f)]
-        found = await asyncio.gather(
-            *(self._query(f) for f in families if f not in asked), return_exceptions=True
-        )
-        late = dict(zip([f for f in families if f not in asked], found, strict=True))
-        return {
-            f: self._judge(f, asked[f] if f in asked else late[f], snap.served(f)) for f in families
-        }
+        missing = [f for f in families if f not in answers]
+        found = await asyncio.gather(*(self._query(f) for f in missing), return_exceptions=True)
+        answers.update(zip(missing, found, strict=True))
+        return {f: self._judge(f, answers[f], snap.served(f)) for f in families}
 
     async def _query(self, family: Family) -> dns.message.Message:
         assert self._dns is not None

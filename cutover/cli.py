@@ -35,7 +35,12 @@ from cutover.watch import follow, watch_services
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROLLED_BACK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
-TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_FAILED}
+TERMINAL_EXIT = {
+    "completed": EXIT_OK,
+    "rolled_back": EXIT_ROLLED_BACK,
+    "failed": EXIT_FAILED,
+    "refused": EXIT_ERROR,  # a start refused by preflight, kept in history
+}
 DEFAULT_URL = "http://127.0.0.1:8480"
 REQUEST_TIMEOUT = 30.0
 
@@ -429,7 +434,11 @@ async def cmd_action(args: argparse.Namespace, client: Client) -> int:
 
 async def cmd_undo(args: argparse.Namespace, client: Client) -> int:
     c = await client.call("POST", f"/v1/services/{args.service}/undo")
-    print(f"undo {c['id']} started: {c['service']} {c['from']} -> {c['to']}")
+    # an undo is shown as the cutover it rolls back: ``from`` is the color traffic returns to
+    print(
+        f"undo {c['id']} started: {c['service']} back to {c['from']} (rolling back "
+        f"{c['from']} -> {c['to']})"
+    )
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ __all__ = ["TERMINAL", "follow", "render", "render_services", "watch_services"]
 
 # Where following stops: the CLI's exit code tells these apart. ``failed`` is not terminal for
 # the daemon (it keeps retrying the rollback), but it is the end of what a pipeline waits for.
-TERMINAL = frozenset({"completed", "rolled_back", "failed"})
+TERMINAL = frozenset({"completed", "rolled_back", "failed", "refused"})
 EVENTS_SHOWN = 6
 COLOR_STYLE = {"blue": "bold blue", "green": "bold green"}
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "error": "magenta"}

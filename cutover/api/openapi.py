@@ -143,7 +143,12 @@ _SCHEMAS: dict[str, Any] = {
                     "completed",
                     "rolled_back",
                     "failed",
-                ]
+                    "refused",
+                ],
+                "description": "refused: a start (or undo) that preflight refused, kept in "
+                "history with its reason; nothing moved. An undo runs as a rollback of the "
+                "cutover it undoes (same from/to): rolling_back, then rolled_back (from is "
+                "live again) or failed (still retrying)",
             },
             "phase": {"enum": ["preflight", "shifting", "holding"]},
             "stage": {"type": "integer"},
@@ -341,7 +346,10 @@ def openapi_spec() -> dict[str, Any]:
                             "400": _ERR,
                             "404": _ERR,
                             "409": _json(_ref("Error"), "a cutover already runs"),
-                            "422": _json(_ref("Error"), "preflight refused; nothing changed"),
+                            "422": _json(
+                                _ref("Error"),
+                                "preflight refused; nothing changed (kept in history as refused)",
+                            ),
                         },
                     },
                     "get": {
@@ -381,11 +389,23 @@ def openapi_spec() -> dict[str, Any]:
                         "parameters": [_SERVICE, _ACTOR],
                         "requestBody": _NO_BODY,
                         "responses": {
-                            "201": _json(_ref("Cutover"), "undo started"),
+                            "201": _json(
+                                _ref("Cutover"),
+                                "undo started: a rollback of the last completed cutover (its "
+                                "from/to and frozen routers), already rolling_back",
+                            ),
                             "400": _ERR,
                             "404": _ERR,
-                            "409": _ERR,
-                            "422": _ERR,
+                            "409": _json(
+                                _ref("Error"),
+                                "code cutover_running, nothing_to_undo (none completed, or "
+                                "already undone) or undo_window_passed",
+                            ),
+                            "422": _json(
+                                _ref("Error"),
+                                "a router cannot be read; nothing changed (kept in history as "
+                                "refused)",
+                            ),
                         },
                     }
                 },

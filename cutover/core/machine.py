@@ -26,7 +26,6 @@ from cutover.core.model import (
     Phase,
     Plan,
     RouterStatus,
-    Stage,
     Status,
     evolve,
 )
@@ -53,8 +52,6 @@ __all__ = [
     "new_cutover",
     "next_deadline",
     "step",
-    "undo_plan",
-    "undo_refusal",
 ]
 
 
@@ -775,21 +772,3 @@ def next_deadline(c: Cutover) -> float | None:
         remaining = c.plan.rollback_timeout - c.rollback_elapsed
     return None if remaining is None else max(0.0, remaining)
 
-
-def undo_plan(completed: Plan) -> Plan:
-    """Undo is a rollback in the other direction: all traffic at once, no checks to wait for."""
-    return evolve(completed, stages=(Stage(weight=100, hold=0.0),), checks=(), on_drift="pause")
-
-
-def undo_refusal(
-    *, last_completed: Cutover | None, busy: bool, now: float, undo_window: float
-) -> str | None:
-    """Why ``undo`` is refused now, or ``None`` when it may go ahead."""
-    if busy:
-        return "a cutover is running on this service"
-    if last_completed is None or last_completed.finished_at is None:
-        return "no completed cutover to undo"
-    age = now - last_completed.finished_at
-    if age > undo_window:
-        return f"the last cutover completed {age:.0f}s ago, beyond undo_window {undo_window:g}s"
-    return None

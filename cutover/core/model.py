@@ -56,10 +56,12 @@ class Status(StrEnum):
     COMPLETED = "completed"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    # a start that preflight refused: kept in history with its reason, nothing moved
+    REFUSED = "refused"
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.COMPLETED, Status.ROLLED_BACK)
+        return self in (Status.COMPLETED, Status.ROLLED_BACK, Status.REFUSED)
 
     @property
     def active(self) -> bool:

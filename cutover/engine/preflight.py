@@ -4,6 +4,9 @@ PRODUCT.md, Preflight: every router reachable and reading exactly the live color
 (the new color at 0 %, some old server able to take traffic); every check evaluated once with
 no provider error and no fail (inconclusive is fine: the new color has no traffic yet; a
 dry-run check is shown, never refuses). Any problem refuses the start and changes nothing.
+
+An undo (PRODUCT.md, undo) needs less: only that every router can be read (:func:`reachable`).
+The color being undone may be down -- that is why one undoes -- and an undo has no checks.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from typing import TypeVar
 from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Color, Verdict
 from cutover.errors import AdapterError, PreflightError
-from cutover.routers.base import Router, RouterState
+from cutover.routers.base import Reading, Router, RouterState
 
-__all__ = ["lower_ttls", "preflight"]
+__all__ = ["lower_ttls", "preflight", "reachable"]
 
 T = TypeVar("T")
 
 
-async def _router(name: str, router: Router, new: Color, exact: bool) -> tuple[str, RouterState]:
+async def _router(name: str, router: Router, new: Color) -> tuple[str, RouterState]:
     try:
         await router.preflight()
         reading = await router.observe()
@@ -30,7 +33,7 @@ async def _router(name: str, router: Router, new: Color, exact: bool) -> tuple[s
         raise PreflightError(f"router {name}: {exc}") from exc
     if reading.share is None:
         raise PreflightError(f"router {name}: no server can take traffic ({reading.detail})")
-    if exact and reading.share != 0.0:
+    if reading.share != 0.0:
         raise PreflightError(
             f"router {name} reads {reading.share:g}% {new}, but the live color must have the "
             f"full share before a cutover starts ({reading.detail})"
@@ -51,17 +54,30 @@ async def preflight(
     *,
     new: Color,
     dry_run: frozenset[str] = frozenset(),
-    exact: bool = True,
 ) -> dict[str, RouterState]:
     """Return what each router holds now; raise PreflightError naming every problem."""
     results = await _all_or_refuse(
-        *(_router(n, r, new, exact) for n, r in routers.items()),
+        *(_router(n, r, new) for n, r in routers.items()),
         *(_check(n, c, n in dry_run) for n, c in checks.items()),
     )
     return {name: state for name, state in (r for r in results if isinstance(r, tuple))}
 
 
-async def _all_or_refuse(*steps: Awaitable[T]) -> list[T]:
+async def _read(name: str, router: Router) -> tuple[str, Reading]:
+    try:
+        return name, await router.observe()
+    except AdapterError as exc:
+        raise PreflightError(f"router {name}: cannot be read: {exc}") from exc
+
+
+async def reachable(routers: Mapping[str, Router]) -> dict[str, Reading]:
+    """Before an undo: what every router reads now; raise PreflightError naming each router
+    that cannot be read (the undo is then refused and nothing changes)."""
+    readings = await _all_or_refuse(*(_read(n, r) for n, r in routers.items()), what="the undo")
+    return dict(readings)
+
+
+async def _all_or_refuse(*steps: Awaitable[T], what: str = "the start") -> list[T]:
     """Run every step concurrently; one PreflightError listing every refusal, if any."""
     results = await asyncio.gather(*steps, return_exceptions=True)
     for r in results:
@@ -69,7 +85,7 @@ async def _all_or_refuse(*steps: Awaitable[T]) -> list[T]:
             raise r  # a bug, not a refusal
     problems = [str(r) for r in results if isinstance(r, PreflightError)]
     if problems:
-        raise PreflightError("preflight refused the start: " + "; ".join(problems))
+        raise PreflightError(f"preflight refused {what}: " + "; ".join(problems))
     return [r for r in results if not isinstance(r, BaseException)]
 
 

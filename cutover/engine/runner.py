@@ -146,6 +146,9 @@ class Runner:
         try:
             if restarted:
                 await self._handle(machine.Restarted(crash=crash), None)
+            elif self.cutover.status is Status.ROLLING_BACK:
+                # an undo is stored already rolling back (core.undo): act on it
+                await self._start_actuation(Rollback())
             if self.cutover.phase is Phase.PREFLIGHT and self.cutover.status is Status.RUNNING:
                 await self._handle(machine.PreflightPassed(), None)
             self._arm_timer(fired=False)

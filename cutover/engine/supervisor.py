@@ -18,22 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 
 from cutover.checks.base import Check, color_placeholders
 from cutover.config import Config, ServiceSpec
 from cutover.core import machine
-from cutover.core.model import Color, Cutover, Event, Plan, Status, other_color
+from cutover.core.machine import Step
+from cutover.core.model import Color, Cutover, Event, evolve, other_color
+from cutover.core.refusal import refused
+from cutover.core.undo import live_after, new_undo, undo_refusal
 from cutover.engine.clock import Clock
-from cutover.engine.preflight import lower_ttls, preflight
+from cutover.engine.preflight import lower_ttls, preflight, reachable
 from cutover.engine.runner import Runner
-from cutover.errors import ConflictError, NotFoundError
+from cutover.errors import ConflictError, CutoverError, NotFoundError, PreflightError
 from cutover.observability.metrics import Metrics
-from cutover.routers.base import Router
+from cutover.routers.base import Reading, Router
 from cutover.store.base import StateStore
 
 __all__ = ["Supervisor"]
@@ -145,30 +147,82 @@ class Supervisor:
                     code="cutover_running",
                 )
             live = self.live(service)
+            new = other_color(live)
+            routers, checks = self._adapters(spec, service, new)
+            plan = spec.plan()
+
+            def record(states: dict[str, dict[str, str]], ttl_wait: float = 0.0) -> Step:
+                created = machine.new_cutover(
+                    cutover_id=_new_id(),
+                    service=service,
+                    from_color=live,
+                    to_color=new,
+                    plan=plan,
+                    router_kinds={name: r.kind for name, r in routers.items()},
+                    router_states=states,
+                    now=self._clock.time(),
+                    actor=actor,
+                    router_ttls={r.name: float(r.ttl or 0) for r in spec.routers},
+                    ttl_wait=ttl_wait,
+                )
+                frozen = evolve(created.cutover, spec=spec.model_dump(mode="json"))
+                return evolve(created, cutover=frozen)
+
+            async def prepare() -> Step:
+                states = await preflight(
+                    routers,
+                    checks,
+                    new=new,
+                    dry_run=frozenset(p.name for p in plan.checks if p.dry_run),
+                )
+                ttl_wait, republished = await lower_ttls(routers)
+                states = {**states, **republished}
+                return record({name: dict(s) for name, s in states.items()}, ttl_wait)
+
             return await self._launch(
-                service, spec, spec.plan(), from_color=live, kind="cutover", actor=actor
+                routers,
+                checks,
+                prepare(),
+                draft=lambda: record({name: {} for name in routers}).cutover,
+                actor=actor,
             )
 
     async def undo(self, service: str, *, actor: str) -> Cutover:
-        """All traffic back to the previous color at once: a one-stage cutover at 100 %."""
+        """All traffic back to the previous color at once: a rollback of the last completed
+        cutover, driving the routers frozen in it (:mod:`cutover.core.undo`)."""
         spec = self.config.service(service)
         async with self._lock(service):
-            last = await self._store.last_completed(service)
-            refusal = machine.undo_refusal(
-                last_completed=last,
-                busy=await self._active(service) is not None,
+            last = await self._store.last_switch(service)
+            refusal = undo_refusal(
+                last_switch=last,
+                running=await self._active(service),
                 now=self._clock.time(),
                 undo_window=spec.undo_window,
             )
-            if refusal is not None or last is None:
-                raise ConflictError(f"cannot undo {service}: {refusal}", code="undo_refused")
+            if refusal is not None:
+                raise ConflictError(f"cannot undo {service}: {refusal.message}", code=refusal.code)
+            assert last is not None  # undo_refusal refuses without a completed cutover
+            # an undo measures nothing: no checks are built, now or after a restart
+            frozen = self._frozen_spec(last).model_copy(update={"checks": []})
+            routers, checks = self._adapters(frozen, service, last.to_color)
+
+            def record(readings: Mapping[str, Reading]) -> Step:
+                return new_undo(
+                    last,
+                    undo_id=_new_id(),
+                    states={name: dict(r.state) for name, r in readings.items()},
+                    observed={name: r.share for name, r in readings.items()},
+                    details={name: r.detail for name, r in readings.items()},
+                    spec=frozen.model_dump(mode="json"),
+                    now=self._clock.time(),
+                    actor=actor,
+                )
+
+            async def prepare() -> Step:
+                return record(await reachable(routers))
+
             return await self._launch(
-                service,
-                spec,
-                machine.undo_plan(last.plan),
-                from_color=last.to_color,
-                kind="undo",
-                actor=actor,
+                routers, checks, prepare(), draft=lambda: record({}).cutover, actor=actor
             )
 
     async def command(self, cutover_id: str, command: machine.Command) -> Cutover:
@@ -193,48 +247,49 @@ class Supervisor:
 
     async def _launch(
         self,
-        service: str,
-        spec: ServiceSpec,
-        plan: Plan,
+        routers: dict[str, Router],
+        checks: dict[str, Check],
+        prepare: Awaitable[Step],
         *,
-        from_color: Color,
-        kind: Literal["cutover", "undo"],
+        draft: Callable[[], Cutover],
         actor: str,
     ) -> Cutover:
-        to_color = other_color(from_color)
-        routers, checks = self._adapters(spec, service, to_color)
+        """Store and run the cutover ``prepare`` returns once its preflight passed. When
+        preflight refuses, ``draft()`` (the record without what preflight would have read) is
+        kept in history as ``refused`` and the refusal is raised (HTTP 422)."""
         try:
-            states = await preflight(
-                routers,
-                checks,
-                new=to_color,
-                dry_run=frozenset(p.name for p in plan.checks if p.dry_run),
-                exact=kind == "cutover",
-            )
-            ttl_wait, republished = await lower_ttls(routers)
-            states = {**states, **republished}
-            created = machine.new_cutover(
-                cutover_id=_new_id(),
-                service=service,
-                from_color=from_color,
-                to_color=to_color,
-                plan=plan,
-                router_kinds={name: r.kind for name, r in routers.items()},
-                router_states={name: dict(s) for name, s in states.items()},
-                now=self._clock.time(),
-                kind=kind,
-                actor=actor,
-                router_ttls={r.name: float(r.ttl or 0) for r in spec.routers},
-                ttl_wait=ttl_wait,
-            )
-            c = replace(created.cutover, spec=spec.model_dump(mode="json"))
-            c = await self._store.create(c, list(created.events))
+            try:
+                step = await prepare
+            except PreflightError as exc:
+                await self._keep_refused(draft(), reason=str(exc), actor=actor)
+                raise
+            c = await self._store.create(step.cutover, list(step.events))
         except BaseException:
             await _close(routers, checks)
             raise
-        await self._notify(c, list(created.events))
+        await self._notify(c, list(step.events))
         self._spawn(c, routers, checks, restarted=False)
         return c
+
+    async def _keep_refused(self, draft: Cutover, *, reason: str, actor: str) -> None:
+        """Store a refused start (terminal: it never has a runner). The refusal is answered
+        whatever happens here: a store that cannot keep it is an alarm, not the user's error."""
+        step = refused(draft, reason=reason, actor=actor, now=self._clock.time())
+        try:
+            c = await self._store.create(step.cutover, list(step.events))
+        except CutoverError as exc:
+            self._log.error(
+                "refused start not kept in history",
+                service=draft.service,
+                reason=reason,
+                error=str(exc),
+                alarm=True,
+            )
+            return
+        self._log.info(step.events[0].message, service=c.service, cutover=c.id, kind="refused")
+        if self._metrics is not None:
+            self._metrics.observe_cutover(c)
+        await self._notify(c, list(step.events))
 
     def _frozen_spec(self, c: Cutover) -> ServiceSpec:
         return ServiceSpec.model_validate(c.spec) if c.spec else self.config.service(c.service)
@@ -284,11 +339,11 @@ class Supervisor:
             return
         self._crashes.pop(cutover_id, None)
         self._spawned_at.pop(cutover_id, None)
-        c = task.result()
-        if entry is not None and c.status is Status.COMPLETED:
-            self._live[c.service] = c.to_color
+        live = live_after(task.result())
+        if entry is not None and live is not None:
+            self._live[entry[0].cutover.service] = live
             if self._metrics is not None:
-                self._metrics.set_live(c.service, c.to_color)
+                self._metrics.set_live(entry[0].cutover.service, live)
 
     def _crashed(self, cutover_id: str, exc: BaseException) -> None:
         """Schedule a respawn of a crashed runner after a bounded backoff (an alarm)."""
@@ -328,8 +383,8 @@ class Supervisor:
             self._crashed(cutover_id, exc)
 
     async def _refresh_live(self, service: str) -> None:
-        last = await self._store.last_completed(service)
-        live = last.to_color if last else self.config.service(service).live
+        last = await self._store.last_switch(service)
+        live = (live_after(last) if last else None) or self.config.service(service).live
         self._live[service] = live
         if self._metrics is not None:
             self._metrics.set_live(service, live)

@@ -52,8 +52,9 @@ class StateStore(ABC):
         """The service's cutovers, newest first."""
 
     @abstractmethod
-    async def last_completed(self, service: str) -> Cutover | None:
-        """The newest ``completed`` cutover of the service (it decides the live color)."""
+    async def last_switch(self, service: str) -> Cutover | None:
+        """The service's newest cutover that changed its live color: a ``completed`` one, or an
+        undo that is ``rolled_back`` (:func:`cutover.core.undo.live_after` says which color)."""
 
     @abstractmethod
     async def events(self, cutover_id: str, after_seq: int = 0) -> list[Event]:

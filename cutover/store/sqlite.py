@@ -57,7 +57,7 @@ SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 
 _BUSY_TIMEOUT_S = 5.0
-_TERMINAL = tuple(s.value for s in Status if s.terminal)  # ("completed", "rolled_back")
+_TERMINAL = tuple(s.value for s in Status if s.terminal)  # completed, rolled_back, refused
 _ACTIVE_SQL = "status NOT IN ({})".format(", ".join(f"'{v}'" for v in _TERMINAL))
 
 _SCHEMA = f"""
@@ -416,11 +416,12 @@ class SqliteStore(StateStore):
             (service, limit),
         )
 
-    async def last_completed(self, service: str) -> Cutover | None:
+    async def last_switch(self, service: str) -> Cutover | None:
         found = await self._query(
-            "SELECT id, revision, body FROM cutovers WHERE service = ? AND status = ? "
+            "SELECT id, revision, body FROM cutovers WHERE service = ? "
+            "AND (status = ? OR (kind = 'undo' AND status = ?)) "
             "ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            (service, Status.COMPLETED.value),
+            (service, Status.COMPLETED.value, Status.ROLLED_BACK.value),
         )
         return found[0] if found else None
 

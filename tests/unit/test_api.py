@@ -145,13 +145,15 @@ async def test_errors_are_json_4xx(client: TestClient) -> None:  # type: ignore[
     resp = await client.post("/v1/services/checkout/cutovers", json={"unexpected": 1})
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "unexpected_body"
-    # the router's socket does not exist: preflight refuses, nothing is created
+    # the router's socket does not exist: preflight refuses, and the refusal is kept
     resp = await client.post("/v1/services/checkout/cutovers")
     assert resp.status == 422
     body = await resp.json()
     assert body["error"]["code"] == "preflight_failed" and "edge" in body["error"]["message"]
     history = await (await client.get("/v1/services/checkout/cutovers")).json()
-    assert history["cutovers"] == []
+    assert [(c["state"], c["reason"]) for c in history["cutovers"]] == [
+        ("refused", body["error"]["message"])
+    ]
 
 
 def test_validate_cli_exits_2_with_places_and_no_traceback(tmp_path: Path) -> None:

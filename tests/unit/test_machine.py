@@ -47,6 +47,7 @@ from cutover.core.model import (
     Verdict,
     evolve,
 )
+from cutover.core.refusal import refused
 
 P, F, INC, E = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.ERROR
 RUNNING, AWAITING, PAUSED = Status.RUNNING, Status.AWAITING_APPROVAL, Status.PAUSED
@@ -221,6 +222,12 @@ def at_rolled_back(plan: Plan | None = None) -> Run:
     return run
 
 
+def at_refused(plan: Plan | None = None) -> Run:
+    run = at_preflight(plan)
+    run.c = refused(run.c, reason="preflight refused the start", actor="alice", now=run.now).cutover
+    return run
+
+
 BY_STATUS: dict[Status, Callable[..., Run]] = {
     RUNNING: at_holding,
     AWAITING: at_awaiting,
@@ -229,6 +236,7 @@ BY_STATUS: dict[Status, Callable[..., Run]] = {
     FAILED: at_failed,
     COMPLETED: at_completed,
     ROLLED_BACK: at_rolled_back,
+    Status.REFUSED: at_refused,
 }
 
 
@@ -1327,43 +1335,6 @@ def test_restart_limit_while_shifting_pauses_instead_of_reapplying() -> None:
 
 
 # --- undo ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("busy", "has_completed", "age", "refused"),
-    [
-        (False, True, 0.0, None),
-        (False, True, 3600.0, None),  # exactly at the end of the window
-        (False, True, 3600.5, "beyond undo_window 3600s"),
-        (True, True, 10.0, "a cutover is running on this service"),
-        (True, False, 10.0, "a cutover is running on this service"),
-        (False, False, 10.0, "no completed cutover to undo"),
-    ],
-)
-def test_undo_refusal(busy: bool, has_completed: bool, age: float, refused: str | None) -> None:
-    done = at_completed().c if has_completed else None
-    now = (done.finished_at or 0.0) + age if done else T0
-    why = machine.undo_refusal(last_completed=done, busy=busy, now=now, undo_window=3600)
-    if refused is None:
-        assert why is None
-    else:
-        assert why is not None and refused in why
-
-
-def test_undo_refused_without_finish_time() -> None:
-    unfinished = at_holding().c
-    why = machine.undo_refusal(last_completed=unfinished, busy=False, now=T0, undo_window=3600)
-    assert why == "no completed cutover to undo"
-
-
-def test_undo_plan_moves_everything_at_once_without_checks() -> None:
-    plan = make_plan(on_drift="reassert")
-    undo = machine.undo_plan(plan)
-    assert undo.stages == (Stage(weight=100, hold=0.0),)
-    assert undo.checks == ()
-    assert undo.on_drift == "pause"
-    assert undo.routers == plan.routers
-    assert undo.rollback_timeout == plan.rollback_timeout
 
 
 def test_undo_cutover_event_says_undo() -> None:

@@ -203,7 +203,7 @@ async def test_create_waits_for_a_foreign_writer(tmp_path: Path) -> None:
         await s.aclose()
 
 
-async def test_active_history_last_completed(store: SqliteStore) -> None:
+async def test_active_history_last_switch(store: SqliteStore) -> None:
     c1 = await store.create(make_cutover("c1", created_at=1000.0), [])
     await store.save(replace(c1, status=Status.COMPLETED), [])
     c2 = await store.create(make_cutover("c2", created_at=2000.0), [])
@@ -222,9 +222,39 @@ async def test_active_history_last_completed(store: SqliteStore) -> None:
     assert [c.id for c in await store.history("shop")] == ["c4", "c3", "c2", "c1"]
     assert [c.id for c in await store.history("shop", limit=2)] == ["c4", "c3"]
     assert await store.history("nobody") == []
-    last = await store.last_completed("shop")
+    last = await store.last_switch("shop")
     assert last is not None and last.id == "c3" and last.status is Status.COMPLETED
-    assert await store.last_completed("cart") is None
+    assert await store.last_switch("cart") is None
+
+
+async def test_refused_starts_are_history_and_a_verified_undo_is_the_last_switch(
+    store: SqliteStore,
+) -> None:
+    # Given a completed cutover, then a refused start, then an undo of it that rolled back
+    c1 = await store.create(make_cutover("c1", created_at=1000.0), [])
+    await store.save(replace(c1, status=Status.COMPLETED), [])
+    refusal = Event(kind="refused", message="refused: check h: fail", at=2000.0)
+    r1 = replace(make_cutover("r1", created_at=2000.0), status=Status.REFUSED, reason="h: fail")
+    await store.create(r1, [refusal])
+    u1 = replace(make_cutover("u1", created_at=3000.0), kind="undo", status=Status.ROLLING_BACK)
+    u1 = await store.create(u1, [])
+    # an undo in flight changes no live color yet, and owns the service
+    assert (await store.last_switch("shop")).id == "c1"  # type: ignore[union-attr]
+    assert [c.id for c in await store.active("shop")] == ["u1"]
+    await store.save(replace(u1, status=Status.ROLLED_BACK), [])
+    # a refused start is terminal: it never owns the service, and it is in the history
+    assert await store.active("shop") == []
+    assert [(c.id, c.status) for c in await store.history("shop")] == [
+        ("u1", Status.ROLLED_BACK),
+        ("r1", Status.REFUSED),
+        ("c1", Status.COMPLETED),
+    ]
+    assert [e.kind for e in await store.events("r1")] == ["refused"]
+    assert (await store.last_switch("shop")).id == "u1"  # type: ignore[union-attr]
+    # a plain rolled-back cutover after it changes nothing
+    c2 = await store.create(make_cutover("c2", created_at=4000.0), [])
+    await store.save(replace(c2, status=Status.ROLLED_BACK), [])
+    assert (await store.last_switch("shop")).id == "u1"  # type: ignore[union-attr]
 
 
 async def test_second_store_on_same_path_refuses_until_first_closes(tmp_path: Path) -> None:

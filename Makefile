@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # binary:package pairs of the real servers the demo and the tests run (never mocked)
 SYSTEM_BINARIES := haproxy:haproxy socat:socat prometheus:prometheus named:bind9 \
-	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server chromium:chromium
+	nsupdate:bind9-utils dig:dnsutils pdns_server:pdns-server knotd:knot \
+	knsupdate:knot-dnsutils chromium:chromium
 FAIL ?= 0
 QUICK ?= 0
 

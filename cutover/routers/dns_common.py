@@ -12,11 +12,12 @@
   never format it.)
 * :func:`exchange` sends one DNS message with a timeout and translates dnspython's and the
   socket's exceptions into :class:`~cutover.errors.TransientError` /
-  :class:`~cutover.errors.PermanentError` (recipes/dns-servers.md has the observed table):
-  a bad TSIG key or secret is permanent (BIND answers NOTAUTH with BADKEY/BADSIG, which
-  dnspython raises as ``dns.tsig.PeerBadKey`` / ``PeerBadSignature``; PowerDNS answers an
-  *unsigned* REFUSED, which dnspython raises as ``dns.exception.FormError``), a timeout, a
-  refused or reset connection is transient.
+  :class:`~cutover.errors.PermanentError`: a timeout, a refused or reset connection is
+  transient. A refusal of a signed message is returned as an answer even when the server did
+  not sign it, so that its rcode and TSIG error reach :func:`rcode_error`.
+* :func:`rcode_error` turns an answer's code into a message with the rcode, the TSIG error
+  and every cause that fits on any server: BIND 9, Knot DNS and PowerDNS answer the same
+  problem with different codes (the table is in its docstring).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dns.exception
 import dns.message
@@ -48,6 +49,7 @@ from cutover.routers.dns_split import canonical_address, family_mismatch
 
 __all__ = [
     "DnsSpecBase",
+    "KeyId",
     "ServerAddress",
     "TsigAlgorithm",
     "absolute_name",
@@ -161,19 +163,90 @@ def tsig_key(
     return dns.tsig.Key(name, raw, _ALGORITHMS[algorithm])
 
 
-def rcode_error(rcode: dns.rcode.Rcode, where: str, doing: str) -> AdapterError:
-    """The error for a DNS answer code other than NOERROR (RFC 1035 4.1.1, RFC 2136 2.2)."""
+class KeyId(NamedTuple):
+    """The TSIG key a message was signed with, as the config names it (never the secret)."""
+
+    name: str
+    algorithm: str
+
+
+def rcode_error(
+    answer: dns.message.Message, where: str, doing: str, *, zone: str, key: KeyId | None = None
+) -> AdapterError:
+    """The error for an answer whose code is not NOERROR (RFC 1035 4.1.1, RFC 2136 2.2,
+    RFC 8945 5.3): the rcode, the TSIG error if the answer carries one, ``unsigned`` for an
+    unsigned answer to a message signed with ``key``, then every cause that fits.
+
+    Servers disagree on which code a refusal gets (observed; tests/integration/test_knot.py
+    checks each):
+
+    ============================  ===================  ===================  ===================
+    cause                         BIND 9.18            Knot DNS 3.2         PowerDNS 4.7
+    ============================  ===================  ===================  ===================
+    key name/algorithm unknown    NOTAUTH + BADKEY     NOTAUTH + BADKEY     REFUSED, unsigned
+    wrong secret                  NOTAUTH + BADSIG     NOTAUTH + BADSIG     REFUSED, unsigned
+    policy/ACL denies the key     REFUSED              NOTAUTH + BADKEY     REFUSED
+    zone not served               NOTAUTH              NOTAUTH, unsigned    NOTAUTH
+    ============================  ===================  ===================  ===================
+
+    so a message lists every cause its code can have on any of them, not one product's
+    setting; only SERVFAIL is transient."""
+    rcode = answer.rcode()
     text = dns.rcode.to_text(rcode)
     if rcode == dns.rcode.SERVFAIL:
-        return TransientError(f"{where}: {doing}: SERVFAIL (server failure; may pass)")
-    why = {
-        dns.rcode.REFUSED: "the server refuses it (allow-update / TSIG policy?)",
-        dns.rcode.NOTAUTH: "the server is not authoritative for the zone",
-        dns.rcode.NOTZONE: "the name is not inside the zone",
-        dns.rcode.NOTIMP: "the server does not implement it",
-        dns.rcode.FORMERR: "the server could not parse the message",
-    }.get(rcode, "")
-    return PermanentError(f"{where}: {doing}: {text}" + (f" ({why})" if why else ""))
+        return TransientError(f"{where}: {doing}: {text} (server failure; may pass)")
+    tsig_error = dns.rcode.Rcode.make(answer.tsig_error or 0) if answer.had_tsig else None
+    if tsig_error:
+        text += f", TSIG error {dns.rcode.to_text(tsig_error, tsig=True)}"
+    elif key is not None and not answer.had_tsig:
+        text += ", unsigned"
+    causes = _causes(rcode, tsig_error, signed=answer.had_tsig, zone=zone, key=key)
+    because = f": {'; or '.join(causes)}" if causes else ""
+    return PermanentError(f"{where}: {doing}: {text}{because}")
+
+
+def _causes(
+    rcode: dns.rcode.Rcode,
+    tsig_error: dns.rcode.Rcode | None,
+    *,
+    signed: bool,
+    zone: str,
+    key: KeyId | None,
+) -> list[str]:
+    """Every cause of ``rcode`` (and ``tsig_error``) that fits on any server, likeliest
+    first (see the table in :func:`rcode_error`)."""
+    not_served = f"the server does not serve zone {zone} as a primary"
+    if key is None:  # an unsigned query (a read-back)
+        if rcode == dns.rcode.REFUSED:
+            return [not_served, "the server does not answer queries from this host"]
+        return [not_served] if rcode == dns.rcode.NOTAUTH else list(_PLAIN_CAUSES.get(rcode, ()))
+    name = repr(key.name)
+    unknown = f"the server knows no TSIG key {name} with algorithm {key.algorithm}"
+    secret = f"the secret of TSIG key {name} differs from the server's"
+    denied = f"the update policy/ACL of zone {zone} does not allow key {name} (from this host)"
+    if tsig_error == dns.rcode.BADKEY:
+        return [unknown, denied]
+    if tsig_error == dns.rcode.BADSIG:
+        return [secret]
+    if tsig_error == dns.rcode.BADTIME:
+        return ["the clocks of this host and the server differ by more than 300 s (fix NTP)"]
+    if tsig_error:
+        return []
+    if rcode == dns.rcode.NOTAUTH:
+        # signed: the key was verified, so only the zone is left (RFC 2136 2.2)
+        return [not_served] if signed else [not_served, unknown, secret]
+    if rcode == dns.rcode.REFUSED:
+        # signed: the key was verified; unsigned: the server did not say whether it was
+        return [denied, not_served] if signed else [unknown, secret, denied, not_served]
+    return list(_PLAIN_CAUSES.get(rcode, ()))
+
+
+#: Causes of the answer codes that mean the same on every server (RFC 1035 4.1.1, RFC 2136 2.2).
+_PLAIN_CAUSES: dict[int, tuple[str]] = {
+    dns.rcode.NOTZONE: ("the name is not inside the zone",),
+    dns.rcode.NOTIMP: ("the server does not implement it",),
+    dns.rcode.FORMERR: ("the server could not parse the message",),
+}
 
 
 async def exchange(
@@ -282,8 +355,21 @@ def _match(
 
 
 def _answer(wire: bytes, message: dns.message.Message) -> dns.message.Message:
-    """The answer to ``message``, verified with its TSIG key when it was signed."""
-    answer = dns.message.from_wire(wire, keyring=message.keyring, request_mac=message.mac)
+    """The answer to ``message``, verified with its TSIG key when it was signed.
+
+    A signed message's *refusal* is returned unverified: servers answer a TSIG problem with
+    NOTAUTH and a TSIG error but no MAC (RFC 8945 5.3.2), or refuse without signing at all
+    (Knot DNS for a zone it does not serve, PowerDNS for a key it cannot use), and the
+    rcode and TSIG error are what tells the operator why (:func:`rcode_error`). It is only
+    ever read as a failure; a success must verify."""
+    try:
+        answer = dns.message.from_wire(wire, keyring=message.keyring, request_mac=message.mac)
+    except (dns.tsig.PeerError, dns.exception.FormError):
+        if message.keyring is None:
+            raise
+        answer = dns.message.from_wire(wire, keyring=False)
+        if answer.rcode() == dns.rcode.NOERROR:
+            raise
     if not message.is_response(answer):
         raise dns.query.BadResponse
     return answer
@@ -307,31 +393,21 @@ def _translated(
     key = f"TSIG key {key_name!r}"
     try:
         yield
-    except dns.tsig.PeerBadKey as exc:
-        raise PermanentError(
-            f"{where} does not know {key} with this algorithm (BADKEY): check tsig.name and"
-            " tsig.algorithm against the server's key"
-        ) from exc
-    except dns.tsig.PeerBadSignature as exc:
-        raise PermanentError(
-            f"{where} rejected the signature of {key} (BADSIG): the secret does not match"
-        ) from exc
-    except dns.tsig.PeerBadTime as exc:
-        raise PermanentError(
-            f"{where} rejected {key}: BADTIME, the clocks of this host and the server differ"
-        ) from exc
-    except dns.tsig.PeerError as exc:
-        raise PermanentError(f"{where} rejected {key}: {type(exc).__name__}") from exc
-    except (dns.tsig.BadSignature, dns.tsig.BadTime, dns.message.UnknownTSIGKey) as exc:
+    except (
+        dns.tsig.PeerError,
+        dns.tsig.BadSignature,
+        dns.tsig.BadTime,
+        dns.message.UnknownTSIGKey,
+    ) as exc:
+        # a refusal comes back as an answer (_answer); this is a success that does not verify
         raise PermanentError(
             f"{where}: its answer failed verification with {key} ({type(exc).__name__})"
         ) from exc
     except dns.exception.FormError as exc:
         if key_name is not None and "TSIG" in str(exc):
+            # an unsigned success (or a broken TSIG record): nothing proves the server sent it
             raise PermanentError(
-                f"{where} refused the message signed with {key} and did not sign its answer"
-                " (PowerDNS does so for an unknown key or a wrong secret, or when the key is"
-                " not allowed to update the zone)"
+                f"{where}: its answer to the message signed with {key} does not verify ({exc})"
             ) from exc
         raise TransientError(f"{where}: malformed answer ({exc})") from exc
     except (dns.exception.Timeout, TimeoutError) as exc:

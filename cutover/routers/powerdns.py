@@ -495,7 +495,7 @@ class PowerDNSRouter:
                 " records enabled, is the record valid?)"
             )
         if answer.rcode() != dns.rcode.NOERROR:
-            raise rcode_error(answer.rcode(), where, doing)
+            raise rcode_error(answer, where, doing, zone=self._spec.zone)
         rrset = answer.get_rrset(
             answer.answer,
             dns.name.from_text(self._spec.record),

@@ -1,10 +1,11 @@
 """RFC 2136 router: splits one DNS name between blue and green by which addresses it publishes.
 
 For any authoritative server that takes TSIG-signed dynamic updates (RFC 2136, RFC 8945):
-checked against BIND 9.18 and PowerDNS 4.7 (recipes/dns-servers.md). Plain RRsets carry no
-weights, so a share becomes a set of addresses (:mod:`cutover.routers.dns_split`): at 0 %
-exactly the old color's, at 100 % exactly the new color's, in between every old address plus
-as many new ones as best fit; the resulting *address share* is what :meth:`observe` reports.
+checked against BIND 9.18 and PowerDNS 4.7 (recipes/dns-servers.md) and Knot DNS 3.2
+(tests/integration/test_knot.py). Plain RRsets carry no weights, so a share becomes a set of
+addresses (:mod:`cutover.routers.dns_split`): at 0 % exactly the old color's, at 100 %
+exactly the new color's, in between every old address plus as many new ones as best fit; the
+resulting *address share* is what :meth:`observe` reports.
 
 Decisions:
 
@@ -33,7 +34,10 @@ Decisions:
   It refuses a name with no address, or with addresses in neither color.
 * **Errors** name the router, the server and the TSIG key name, never the secret
   (:func:`cutover.routers.dns_common.exchange`): a bad key or secret, REFUSED, NOTAUTH and
-  NOTZONE are permanent; timeouts, refused connections and SERVFAIL are transient.
+  NOTZONE are permanent; timeouts, refused connections and SERVFAIL are transient. A refusal
+  shows the server's rcode and TSIG error and every cause that fits, since BIND, Knot DNS
+  and PowerDNS answer the same problem differently
+  (:func:`cutover.routers.dns_common.rcode_error`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import Reading, RouterState
 from cutover.routers.dns_common import (
     DnsSpecBase,
+    KeyId,
     TsigAlgorithm,
     absolute_name,
     exchange,
@@ -289,14 +294,20 @@ class Rfc2136Router:
                 f" read it (prerequisite failed: {dns.rcode.to_text(rcode)}); another writer"
                 " edits it, so a forward shift does not overwrite it (a move to 0 % would)"
             )
-        raise rcode_error(rcode, self._where, f"{doing} (TSIG key {self._spec.tsig.name!r})")
+        raise rcode_error(
+            answer,
+            self._where,
+            f"{doing} (TSIG key {self._spec.tsig.name!r})",
+            zone=self._spec.zone,
+            key=KeyId(self._spec.tsig.name, self._spec.tsig.algorithm),
+        )
 
     def _checked(self, answer: dns.message.Message) -> dns.message.Message:
         """An answer of the read-back, refused unless NOERROR/NXDOMAIN and authoritative."""
         question = answer.question[0]
         doing = f"query {question.name} {dns.rdatatype.to_text(question.rdtype)}"
         if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise rcode_error(answer.rcode(), self._where, doing)
+            raise rcode_error(answer, self._where, doing, zone=self._spec.zone)
         if not answer.flags & dns.flags.AA:
             raise PermanentError(
                 f"{self._where}: {doing}: the answer is not authoritative (no AA flag); point"

@@ -1,5 +1,5 @@
-"""Fixtures for integration tests against real servers (HAProxy + demo apps, BIND 9 and
-PowerDNS, on loopback)."""
+"""Fixtures for integration tests against real servers (HAProxy + demo apps, BIND 9, Knot DNS
+and PowerDNS, on loopback)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
-from demo.dnsservers import Bind, PowerDNS
+from demo.dnsservers import Bind, PowerDNS, new_tsig_key
+from demo.knotdns import Knot
 from demo.stack import DEFAULT_WEIGHTS, HAProxyStack, make_workdir, start_stack
 
 #: Extra backends over the same demo apps, for the balance-algorithm checks.
@@ -64,6 +65,27 @@ async def pdns_server() -> AsyncIterator[PowerDNS]:
         server = await PowerDNS.start(workdir)
         try:
             await server.create_zone(DNS_ZONE, {(f"www.{DNS_ZONE}", "A"): (300, ["192.0.2.10"])})
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def knot_server() -> AsyncIterator[Knot]:
+    """A fresh Knot DNS per test serving :data:`DNS_ZONE` with :data:`BIND_RECORDS`, updates
+    allowed by its ACL for ``key`` only (``denied`` holds a key it knows but does not allow)."""
+    workdir = make_workdir("cutover-knot-")
+    try:
+        server = await Knot.start(
+            workdir,
+            key=new_tsig_key(),
+            denied=[new_tsig_key("denied-key.")],
+            zone=DNS_ZONE,
+            records=BIND_RECORDS,
+        )
+        try:
             yield server
         finally:
             await server.stop()

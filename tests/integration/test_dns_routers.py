@@ -38,6 +38,7 @@ from cutover.routers.dns_common import exchange, exchange_all
 from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec, lua_content
 from cutover.routers.rfc2136 import Rfc2136Router, Rfc2136Spec
 from demo.dnsservers import Bind, PowerDNS, find_binary, free_dns_port, new_tsig_key
+from demo.knotdns import Knot
 from demo.stack import Child, make_workdir
 from tests.integration.conftest import DNS_ZONE
 
@@ -189,7 +190,7 @@ def test_example_config_is_valid() -> None:
 # --- BIND: shares -> RRsets ---------------------------------------------------------------------
 
 
-def rfc2136_spec(bind: Bind | PowerDNS, secret_file: Path, **changes: Any) -> Rfc2136Spec:
+def rfc2136_spec(bind: Bind | Knot | PowerDNS, secret_file: Path, **changes: Any) -> Rfc2136Spec:
     values: dict[str, Any] = {
         "type": "rfc2136",
         "name": "dns",
@@ -587,7 +588,7 @@ async def test_rfc2136_against_powerdns(pdns_server: PowerDNS, tmp_path: Path) -
     assert await serial(pdns_server.server) == before + 1
     assert (await router.observe()).state == router.expected(50)
     wrong = rfc2136_spec(pdns_server, write_secret(tmp_path, new_tsig_key().secret, "wrong"))
-    with pytest.raises(PermanentError, match="did not sign its answer") as info:
+    with pytest.raises(PermanentError, match="REFUSED, unsigned: ") as info:
         await wrong.build(new="green").preflight()
     assert pdns_server.server in str(info.value) and key.secret not in str(info.value)
 

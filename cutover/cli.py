@@ -461,7 +461,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     token, spec = TokenSpec.generate(name=args.name, role=args.role)
     print(f"token for {spec.name} ({spec.role}), shown only now; the client's CUTOVER_TOKEN:")
     print(f"  {token}")
-    print("add under api.tokens in the daemon's config, then restart the daemon:")
+    print("add under api.tokens in the daemon's config, then reload the daemon (SIGHUP):")
     print(f"  {spec.config_line()}")
     return EXIT_OK
 
@@ -473,7 +473,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(args.log_level, json=args.log_format == "json")
-    asyncio.run(run_daemon(config))
+    asyncio.run(run_daemon(config, config_path=args.config))
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """The daemon process: config -> store -> supervisor -> API, and a clean stop on SIGTERM.
 
 SIGTERM/SIGINT stop the API and cancel every runner without touching traffic; the store keeps
-every running cutover, and the next start resumes them (PRODUCT.md, Restart). With ``api.tls``
-the API speaks HTTPS only (TLS 1.2 or newer); a certificate that cannot be loaded stops the
-start-up before anything else is opened.
+every running cutover, and the next start resumes them (PRODUCT.md, Restart). SIGHUP re-reads
+the config file (:func:`reload_config`; PRODUCT.md, Reload): services and tokens change, running
+cutovers keep their frozen plan; what is bound at start-up (:data:`RESTART_ONLY`) cannot.
+With ``api.tls`` the API speaks HTTPS only (TLS 1.2 or newer); a certificate that cannot be
+loaded stops the start-up before anything else is opened.
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from cutover.api.app import make_app
+from cutover.api.app import TOKENS, make_app
+from cutover.api.auth import TokenTable
 from cutover.api.tls import server_ssl_context
 from cutover.checks.http import HttpCheckSpec
-from cutover.config import Config
+from cutover.config import Config, load_config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
-from cutover.errors import CutoverError
+from cutover.errors import ConfigError, CutoverError
 from cutover.notify import Notifier
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 
-__all__ = ["GC_THRESHOLDS", "few_files_warning", "run_daemon"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "RESTART_ONLY",
+    "few_files_warning",
+    "reload_config",
+    "restart_only_changes",
+    "run_daemon",
+]
 
 #: Garbage-collector generation thresholds for the daemon. With CPython's default (700, 10, 10)
 #: a cutover's short-lived states (each step makes a new one, kept a few seconds) survive many
@@ -79,7 +89,88 @@ def few_files_warning(config: Config, limits: str) -> str | None:
     )
 
 
-async def run_daemon(config: Config) -> None:
+#: Config keys a reload cannot change, bound at start-up: the listening socket and its TLS
+#: context, the open state store (and its lock), the webhook senders and their delivery
+#: cursors. A reload that changes one is refused whole; restart the daemon for them.
+RESTART_ONLY = ("api.listen", "api.tls", "state", "notify")
+
+
+def restart_only_changes(running: Config, new: Config) -> list[str]:
+    """An error per :data:`RESTART_ONLY` key that ``new`` changes."""
+    values = {
+        "api.listen": (running.api.listen, new.api.listen),
+        "api.tls": (running.api.tls, new.api.tls),
+        "state": (running.state, new.state),
+        "notify": (running.notify, new.notify),
+    }
+    return [
+        f"{key}: cannot change on reload; restart the daemon to change it"
+        for key, (before, after) in values.items()
+        if before != after
+    ]
+
+
+async def reload_config(
+    path: str | Path,
+    running: Config,
+    *,
+    supervisor: Supervisor,
+    tokens: TokenTable,
+    metrics: Metrics,
+) -> Config:
+    """Re-read ``path`` (SIGHUP) and return the config now in force. A valid one goes to the
+    supervisor (next starts) and the token table (rotation); an invalid one, or one that
+    changes a :data:`RESTART_ONLY` key, is refused whole with every error logged, and
+    ``running`` stays. ``cutover_config_reload_success`` says which."""
+    log = structlog.get_logger()
+    try:
+        # file I/O and validation off the event loop: rollbacks go on meanwhile
+        new = await asyncio.to_thread(load_config, path)
+        refused = restart_only_changes(running, new)
+        if refused:
+            raise ConfigError(refused)
+    except ConfigError as exc:
+        metrics.config_reload_success.set(0)
+        log.error(
+            "config reload refused: the running config stays",
+            config=str(path),
+            errors=exc.errors,
+            alarm=True,
+        )
+        return running
+    await supervisor.reload(new)
+    tokens.replace(new.api.tokens)
+    metrics.config_reload_success.set(1)
+    log.info(
+        "config reloaded: next starts use it; running cutovers keep their plan",
+        config=str(path),
+        services=list(new.services),
+        auth=f"{len(new.api.tokens)} bearer token(s)" if new.api.tokens else "open",
+    )
+    return new
+
+
+async def _reloads(
+    requested: asyncio.Event,
+    path: str | Path,
+    config: Config,
+    *,
+    supervisor: Supervisor,
+    tokens: TokenTable,
+    metrics: Metrics,
+) -> None:
+    """Run until cancelled: one reload per wake-up; SIGHUPs during a reload make one more."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        config = await reload_config(
+            path, config, supervisor=supervisor, tokens=tokens, metrics=metrics
+        )
+
+
+async def run_daemon(config: Config, *, config_path: str | Path) -> None:
+    """Run until SIGTERM/SIGINT; ``config`` was read from ``config_path``, which SIGHUP
+    re-reads."""
     log = structlog.get_logger()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
@@ -92,9 +183,9 @@ async def run_daemon(config: Config) -> None:
     host, port = config.api.host, config.api.port  # config refuses non-loopback w/o tokens
     tls = config.api.tls
     ssl_context = await asyncio.to_thread(server_ssl_context, tls) if tls else None
-    store = SqliteStore(path=config.state.sqlite)
-    await store.open()
     metrics = Metrics()
+    store = SqliteStore(path=config.state.sqlite, on_write_error=metrics.store_write_errors.inc)
+    await store.open()
     notifier = Notifier(specs=config.notify, store=store, metrics=metrics)
     supervisor = Supervisor(
         config=config,
@@ -103,14 +194,16 @@ async def run_daemon(config: Config) -> None:
         metrics=metrics,
         listeners=(notifier.wake,),
     )
-    runner = web.AppRunner(
-        make_app(supervisor=supervisor, store=store, metrics=metrics), access_log=None
-    )
+    app = make_app(supervisor=supervisor, store=store, metrics=metrics)
+    runner = web.AppRunner(app, access_log=None)
     stop = asyncio.Event()
+    reload_requested = asyncio.Event()  # a SIGHUP before the engine runs waits for it
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     lag = asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag")
+    reloads: asyncio.Task[None] | None = None
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, shutdown_timeout=2.0, ssl_context=ssl_context)
@@ -123,6 +216,17 @@ async def run_daemon(config: Config) -> None:
             ) from None
         await notifier.start()  # before the runners: resends what the last run left owed
         await supervisor.start()
+        reloads = asyncio.create_task(
+            _reloads(
+                reload_requested,
+                config_path,
+                config,
+                supervisor=supervisor,
+                tokens=app[TOKENS],
+                metrics=metrics,
+            ),
+            name="config-reloads",
+        )
         # what start-up built (modules, config, resumed runners) lives as long as the daemon:
         # out of every later collection's way
         gc.collect()
@@ -137,11 +241,14 @@ async def run_daemon(config: Config) -> None:
         await stop.wait()
         log.info("stopping: traffic is left as it is")
     finally:
+        if reloads is not None:
+            reloads.cancel()
+            await asyncio.gather(reloads, return_exceptions=True)
         await supervisor.stop()
         await notifier.stop()
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)
         await runner.cleanup()
         await store.aclose()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -41,6 +41,7 @@ __all__ = [
     "METRICS",
     "STORE",
     "SUPERVISOR",
+    "TOKENS",
     "VIEWS",
     "accepts_gzip",
     "make_app",
@@ -50,6 +51,8 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STORE = web.AppKey("store", StateStore)
 METRICS = web.AppKey("metrics", Metrics)
 VIEWS = web.AppKey("views", StatusViews)
+#: The bearer tokens checked, replaced by a config reload (token rotation).
+TOKENS = web.AppKey("tokens", TokenTable)
 #: One ``GET /v1/services`` build at a time: at a thousand services, concurrent builds took
 #: turns with the engine slice by slice and made its timers 0.5 s late.
 LISTING = web.AppKey("listing", asyncio.Lock)
@@ -174,6 +177,10 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[SUPERVISOR].started:
         return _error(503, "not_ready", "the engine is not running yet")
+    # not ready while the store cannot write: no cutover can move forward (PRODUCT.md)
+    store_error = await request.app[STORE].check_writable()
+    if store_error:
+        return _error(503, "store_unwritable", f"the state store cannot write: {store_error}")
     return web.json_response({"status": "ready"})
 
 
@@ -328,6 +335,7 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
         middlewares=[errors_middleware, auth_middleware(tokens)], client_max_size=MAX_BODY
     )
     app[SUPERVISOR] = supervisor
+    app[TOKENS] = tokens
     app[STORE] = store
     app[METRICS] = metrics
     app[VIEWS] = StatusViews()

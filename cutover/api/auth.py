@@ -56,6 +56,11 @@ class TokenTable:
     """The configured tokens, by sha256; empty means the API is open."""
 
     def __init__(self, tokens: Sequence[TokenSpec]) -> None:
+        self.replace(tokens)
+
+    def replace(self, tokens: Sequence[TokenSpec]) -> None:
+        """Take a reloaded config's tokens (rotation): the next request is checked against
+        them. One assignment, so a request sees either the old list or the new one."""
         self._entries = [(t.sha256, Principal(name=t.name, role=t.role)) for t in tokens]
 
     @property

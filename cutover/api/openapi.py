@@ -162,6 +162,12 @@ _SCHEMAS: dict[str, Any] = {
             "routers": {"type": "array", "items": _ref("Router")},
             "checks": {"type": "array", "items": _ref("Check")},
             "reason": {"type": ["string", "null"]},
+            "store_error": {
+                "type": ["string", "null"],
+                "description": "why the state store cannot take this cutover's latest "
+                "transition (disk full, read-only, database lost); null while it is written. "
+                "A rollback is acted on meanwhile; nothing moves toward the new color",
+            },
             "created_at": {"type": "number"},
             "updated_at": {"type": "number"},
             "finished_at": {"type": ["number", "null"]},
@@ -282,9 +288,16 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "/readyz": {
                     "get": {
-                        "summary": "config loaded, store open, engine running",
+                        "summary": "config loaded, store open and writable, engine running",
                         "operationId": "readyz",
-                        "responses": {"200": _json(status, "ready"), "503": _ERR},
+                        "responses": {
+                            "200": _json(status, "ready"),
+                            "503": {
+                                **_ERR,
+                                "description": "not_ready (the engine is starting) or "
+                                "store_unwritable (the message names the store and why)",
+                            },
+                        },
                     }
                 },
                 "/metrics": {

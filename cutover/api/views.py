@@ -327,6 +327,8 @@ def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
         ],
         "checks": checks,
         "reason": c.reason,
+        # null unless the state store cannot take its latest transition (PRODUCT.md)
+        "store_error": c.store_error or None,
         "created_at": c.created_at,
         "updated_at": None,
         "finished_at": c.finished_at,

@@ -233,6 +233,10 @@ class Cutover:
     # from the frozen plan after a restart even if the config file changed since.
     spec: dict[str, Any] = field(default_factory=dict)
     revision: int = 0
+    # Why the state store could not take this cutover's latest transition ("" once it is
+    # written): status shows it; the engine clears it in the write that succeeds, and a record
+    # read back never has one (from_dict leaves it out).
+    store_error: str = ""
 
     @property
     def stage(self) -> Stage:

@@ -37,7 +37,7 @@ from cutover.core.machine import (
     Step,
     Tick,
 )
-from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict
+from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict, evolve
 from cutover.engine.actuation import CALL_TIMEOUT, observe, rollback_once, shift, within
 from cutover.engine.clock import Clock, Timer
 from cutover.errors import AdapterError, ConflictError, StoreError
@@ -312,18 +312,29 @@ class Runner:
                 self._metrics.observe_cutover(c)
             return
         try:
+            if c.store_error:  # this write takes the held-back transition: the fault is over
+                c = evolve(c, store_error="")
             c = await self._store.save(c, events)
             self._persisted = c
             self._unsaved_events, self._unsaved_actions = [], []
             self._last_persist = now_mono
         except StoreError as exc:
-            # Not persisted, so not acted on (kept for the next save) -- except a rollback,
-            # which is always safe to act on at once.
+            # Not persisted, so not acted on: events and actions wait for the next save (the
+            # next input tries again) -- except a rollback, acted on at once (moving to the old
+            # color is always safe), which also voids every forward action held back before it.
+            # The alarm is the store's, paced; the cutover's status carries the reason.
+            rollback = any(isinstance(a, Rollback) for a in actions)
             self._unsaved_events = events
-            self._unsaved_actions = [a for a in actions if not isinstance(a, Rollback)]
-            self._log.error("state store write failed", error=str(exc), alarm=True)
-            self.cutover = c
-            if any(isinstance(a, Rollback) for a in actions):
+            self._unsaved_actions = [] if rollback else actions
+            if not before.store_error or rollback:
+                self._log.warning(
+                    "transition not written: held back until the state store takes it",
+                    error=str(exc),
+                    status=c.status.value,
+                    rollback_acted_on=rollback,
+                )
+            self.cutover = evolve(c, store_error=str(exc))
+            if rollback:
                 await self._start_actuation(Rollback())
             return
         self.cutover = c

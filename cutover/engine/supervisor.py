@@ -394,6 +394,47 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await listener(c, events)
 
+    # --- config reload (PRODUCT.md, Reload) ----------------------------------------------------
+
+    async def reload(self, config: Config) -> None:
+        """Take a re-read, valid ``config``: each service's next start uses it. Running
+        cutovers keep their frozen plan and their runner (nothing is restarted). A service no
+        longer in ``config`` stays (with its old spec) while it has an active cutover, so it
+        can still be watched and aborted, and goes once that cutover's runner ends."""
+        old = self.config
+        busy: dict[str, tuple[ServiceSpec, str]] = {}
+        for service in old.services.keys() - config.services.keys():
+            active = await self._active(service)
+            if active is not None:
+                busy[service] = (old.services[service], active.id)
+        kept = {service: spec for service, (spec, _) in busy.items()}
+        self.config = (
+            config.model_copy(update={"services": {**config.services, **kept}}) if kept else config
+        )
+        for service in old.services.keys() - self.config.services.keys():
+            self._live.pop(service, None)
+        for service, spec in config.services.items():
+            before = old.services.get(service)
+            if before is None or before.live != spec.live:
+                await self._refresh_live(service)
+        for service, (spec, cutover_id) in busy.items():
+            self._retire_when_idle(service, spec, cutover_id)
+
+    def _retire_when_idle(self, service: str, spec: ServiceSpec, cutover_id: str) -> None:
+        """Drop ``service`` (removed by a reload, kept as ``spec`` while busy) once its cutover
+        ``cutover_id`` has no runner and none waits to be respawned; a later reload that brings
+        the service back (a new spec) wins."""
+        if self.config.services.get(service) is not spec:
+            return
+        entry = self._runners.get(cutover_id)
+        waiting = entry[1] if entry is not None else self._respawns.get(cutover_id)
+        if waiting is not None:
+            waiting.add_done_callback(lambda _: self._retire_when_idle(service, spec, cutover_id))
+            return
+        services = {k: v for k, v in self.config.services.items() if k != service}
+        self.config = self.config.model_copy(update={"services": services})
+        self._live.pop(service, None)
+
 
 def _build_adapters(
     spec: ServiceSpec, service: str, new: Color

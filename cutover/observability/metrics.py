@@ -16,8 +16,8 @@ held the event loop for all of it. The text is the one ``generate_latest`` wrote
 sorted, numbers as ``floatToGoString`` writes them, the ``_created`` series included), so the
 rules, the dashboard and other readers see no change. Each service's text is kept until one
 of its series changes, and :meth:`Metrics.scrape` writes the changed ones in slices of ~2 ms
-of the loop. The daemon-wide families (loop lag, webhooks, runner crashes) have a few series
-each and stay prometheus_client objects.
+of the loop. The daemon-wide families (loop lag, webhooks, runner crashes, store write errors,
+config reloads) have a few series each and stay prometheus_client objects.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate
 from time import perf_counter
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
@@ -379,6 +386,18 @@ class Metrics:
             ["webhook"],
             registry=r,
         )
+        self.store_write_errors = Counter(
+            "cutover_store_write_errors",
+            "State store writes that failed (disk full, read-only, database lost): while they "
+            "fail, nothing moves toward a new color and /readyz is 503",
+            registry=r,
+        )
+        self.config_reload_success = Gauge(
+            "cutover_config_reload_success",
+            "1 when the last config load (start-up or SIGHUP reload) was taken, 0 when refused",
+            registry=r,
+        )
+        self.config_reload_success.set(1)  # the daemon starts only with a valid config
 
     def _service(self, service: str) -> _Service:
         s = self._services.get(service)
@@ -435,6 +454,8 @@ class Metrics:
             self.loop_lag,
             self.webhook_deliveries,
             self.webhook_failures,
+            self.store_write_errors,
+            self.config_reload_success,
         ):
             parts.append(generate_latest(m))
         return b"".join(parts)

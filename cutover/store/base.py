@@ -80,3 +80,16 @@ class StateStore(ABC):
     async def acknowledge(self, notifier: str, cursors: Mapping[str, int]) -> None:
         """Move ``notifier``'s cursor of each cutover id to its ``seq`` (never backwards),
         in one transaction."""
+
+    # --- write faults (PRODUCT.md, Store faults are visible) ----------------------------------
+
+    @property
+    def write_error(self) -> str:
+        """Why the store's writes fail now (disk full, read-only, database lost); "" while
+        they succeed. A store that cannot fail to write keeps this default."""
+        return ""
+
+    async def check_writable(self) -> str:
+        """:attr:`write_error`, after trying a write if the last one failed (so ``/readyz``
+        sees the store return even when no cutover is there to write)."""
+        return self.write_error

@@ -22,6 +22,13 @@ Why it is shaped so (recipes/state-and-ha.md, section 3, verified there by SIGKI
 * **Errors are translated** into :class:`~cutover.errors.StoreError` with the path and a plain
   reason (disk full, read-only, corrupt, locked, …); the sqlite3 exception stays only as
   ``__cause__``.
+* **A failed write is a visible fault** (PRODUCT.md, Store faults are visible): it sets
+  :attr:`SqliteStore.write_error` until a write succeeds, calls ``on_write_error`` (the
+  daemon's ``cutover_store_write_errors_total``) and logs a paced alarm (one line a minute with
+  a count, :class:`~cutover.observability.alarms.PacedAlarm`). A conflict or a stale revision
+  is an answer, not a fault. A database file removed or replaced under the open connection
+  ("lost": SQLite would go on writing to the unlinked file, gone at the next start) fails every
+  write until the daemon is restarted on a database that is there.
 
 A cancelled caller does not cancel the transaction already handed to the thread: a
 cancelled ``save`` may still have committed. The revision guard makes the next ``save`` from
@@ -38,6 +45,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -45,6 +53,7 @@ from typing import Any, TypeVar
 
 from cutover.core.model import Cutover, Event, Status
 from cutover.errors import ConflictError, StaleRevisionError, StoreError
+from cutover.observability.alarms import PacedAlarm
 from cutover.store.base import StateStore
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -121,10 +130,23 @@ class SqliteStore(StateStore):
     connection, never below the current size); it exists so tests can simulate a full disk.
     """
 
-    def __init__(self, *, path: str, max_page_count: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        max_page_count: int | None = None,
+        on_write_error: Callable[[], object] | None = None,
+    ) -> None:
+        """``on_write_error`` is called (on the store's thread) for each write that fails."""
         self.path = path
         self.lock_path = f"{path}.lock"
         self._max_page_count = max_page_count
+        self._on_write_error = on_write_error
+        # touched only on the executor's thread, like the connection
+        self._write_fault = PacedAlarm(
+            message="state store cannot write", cleared="state store writes again"
+        )
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None  # touched only on the executor's thread
         self._lock_fd: int | None = None
@@ -172,6 +194,8 @@ class SqliteStore(StateStore):
                 check_same_thread=True,
             )
             self._con = con
+            st = os.stat(self.path)
+            self._file_id = (st.st_dev, st.st_ino)
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(
@@ -285,16 +309,64 @@ class SqliteStore(StateStore):
         return self._con
 
     def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``body`` as one ``BEGIN IMMEDIATE … COMMIT`` transaction (on the thread)."""
+        """Run ``body`` as one ``BEGIN IMMEDIATE … COMMIT`` transaction (on the thread); a
+        failure of the store itself is a write fault (see the module's docstring)."""
         con = self._connection()
-        con.execute("BEGIN IMMEDIATE")
+        lost = self._lost()
+        if lost:
+            error = StoreError(f"state store {self.path}: {lost}; restart the daemon on it")
+            self._write_failed(error)
+            raise error
         try:
-            result = body(con)
-            con.execute("COMMIT")
-        except BaseException:
-            _rollback(con)
-            raise
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(con)
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                raise
+        except sqlite3.Error as exc:
+            error = self._translate(exc)
+            self._write_failed(error)
+            raise error from exc
+        self._write_fault.clear()
         return result
+
+    def _lost(self) -> str:
+        """Why the open database is no longer the file at :attr:`path`, or ""."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "the database file was removed"
+        except OSError as exc:
+            return f"the database file cannot be checked ({exc.strerror or exc})"
+        if (st.st_dev, st.st_ino) != self._file_id:
+            return "the database file was replaced by another file"
+        return ""
+
+    def _write_failed(self, error: StoreError) -> None:
+        self._write_fault.fault(str(error))
+        if self._on_write_error is not None:
+            self._on_write_error()
+
+    @property
+    def write_error(self) -> str:
+        return self._write_fault.error
+
+    async def check_writable(self) -> str:
+        if not self.write_error:
+            return ""
+
+        def probe(con: sqlite3.Connection) -> None:
+            con.execute(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(time.time()),),  # a new value: the page is written for sure
+            )
+
+        with contextlib.suppress(StoreError):
+            await self._call(lambda: self._write(probe))
+        return self.write_error
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         name = getattr(exc, "sqlite_errorname", "") or type(exc).__name__

@@ -130,6 +130,18 @@ def test_webhook_counters_start_at_zero() -> None:
     assert value(s, "cutover_webhook_failures_total", webhook="notify[0]") == 2
 
 
+def test_store_write_errors_start_at_zero_and_a_config_load_is_a_success() -> None:
+    m = Metrics()
+    s = samples(m)
+    assert value(s, "cutover_store_write_errors_total") == 0  # increase() sees the first one
+    assert value(s, "cutover_config_reload_success") == 1  # the daemon started on a valid one
+    m.store_write_errors.inc()
+    m.config_reload_success.set(0)
+    s = samples(m)
+    assert value(s, "cutover_store_write_errors_total") == 1
+    assert value(s, "cutover_config_reload_success") == 0
+
+
 async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
     m = Metrics()
     watch = asyncio.create_task(m.watch_loop_lag(interval=0.02))

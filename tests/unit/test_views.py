@@ -66,6 +66,7 @@ KEYS = [
     "routers",
     "checks",
     "reason",
+    "store_error",
     "created_at",
     "updated_at",
     "finished_at",

@@ -183,25 +183,3 @@ async def test_bad_api_requests_get_json_4xx(e2e: E2E) -> None:
     await e2e.wait_for(c["id"], state="rolled_back")
     # SIGTERM stops the daemon cleanly
     assert await e2e.stop_daemon() == 0
-
-
-async def test_undo_sends_everything_back_at_once(e2e: E2E) -> None:
-    e2e.write_config(stages=[{"weight": 50, "hold": "500ms"}, {"weight": 100, "hold": "500ms"}])
-    await e2e.start_daemon()
-    c = await e2e.start()
-    await e2e.wait_for(c["id"], state="completed")
-    assert await e2e.green_share(300) == 100.0
-
-    rc, out, err = await e2e.cli("undo", "checkout")
-    assert rc == 0, (out, err)
-    _, svc = await e2e.api("GET", "/v1/services/checkout")
-    undo = svc["cutover"]
-    assert (undo["kind"], undo["from"], undo["to"]) == ("undo", "green", "blue")
-    assert [s["weight"] for s in undo["stages"]] == [100]
-    await e2e.wait_for(undo["id"], state="completed")
-    assert await e2e.green_share(500) == 0.0
-    _, svc = await e2e.api("GET", "/v1/services/checkout")
-    assert svc["live"] == "blue"
-    # the undo is recorded as a cutover of its own, newest first in the history
-    _, body = await e2e.api("GET", "/v1/services/checkout/cutovers")
-    assert [h["kind"] for h in body["cutovers"]] == ["undo", "cutover"]

@@ -12,6 +12,7 @@
   const COLORS = new Set(["blue", "green"]);
   const STATES = new Set([
     "running", "awaiting_approval", "paused", "rolling_back", "completed", "rolled_back", "failed",
+    "refused",
   ]);
   const VERDICTS = new Set(["pass", "fail", "inconclusive", "error"]);
   const ENDING = new Set(["rolling_back", "rolled_back", "failed"]);

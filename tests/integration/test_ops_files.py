@@ -399,6 +399,11 @@ def test_the_systemd_unit_is_hardened_and_restarts() -> None:
     assert s["ProtectSystem"] == ["strict"]
     assert s["ReadWritePaths"] == ["/var/lib/cutover"]
     assert s["ExecStart"] == ["/usr/local/bin/cutover daemon -c /etc/cutover/config.yaml"]
+    # reload = SIGHUP after the config validates (PRODUCT.md, Reload): no restart counted
+    assert s["ExecReload"] == [
+        "/usr/local/bin/cutover validate -c /etc/cutover/config.yaml",
+        "/bin/kill -HUP $MAINPID",
+    ]
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:

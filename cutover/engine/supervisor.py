@@ -3,7 +3,9 @@
 On start-up it resumes every active cutover from the store (PRODUCT.md, Restart). Starts of one
 service are serialized by a per-service lock and, across processes, by the store's
 one-active-cutover rule. Stopping cancels the runners: traffic stays as it is, and the next
-daemon picks every cutover up where it was.
+daemon picks every cutover up where it was. A start (or undo) that preflight refuses is stored
+as ``refused`` and never gets a runner. A service's live color is what its newest completed
+cutover or verified undo made live (:func:`cutover.core.undo.live_after`).
 
 A runner that crashes (an exception escaped it: a bug, an unexpected store error) would leave its
 cutover without anyone to roll it back until the daemon restarts. So the supervisor respawns it

@@ -199,7 +199,7 @@ async def test_an_undo_that_cannot_be_verified_is_failed_and_keeps_retrying(e2e:
         assert failed["events"][-1]["kind"] == "failed"
         assert "rollback not verified within 2s on edge" in failed["events"][-1]["message"]
         tries = proxy.refused
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(5.5)  # longer than the longest backoff step between tries (5 s)
         assert proxy.refused > tries, (tries, proxy.refused)
         assert await e2e.green_share(300) == 100.0  # nothing could be written
         _, svc = await e2e.api("GET", "/v1/services/checkout")

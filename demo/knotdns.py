@@ -34,6 +34,10 @@ def knot_key_line(key: TsigKey) -> str:
     return f"{key.algorithm}:{key.name}:{key.secret}\n"
 
 
+def _key_item(key: TsigKey) -> str:
+    return f"  - id: {key.name}\n    algorithm: {key.algorithm}\n    secret: {key.secret}\n"
+
+
 def _knotd() -> str:
     try:
         return find_binary("knotd")
@@ -68,6 +72,11 @@ class Knot:
         """``key`` in the format of ``knsupdate -k``."""
         return self.workdir / "tsig.knsupdate"
 
+    @property
+    def server_key_file(self) -> Path:
+        """``key`` as ``keymgr -t`` writes it, included by the server's config."""
+        return self.workdir / "tsig.key"
+
     @classmethod
     async def start(
         cls,
@@ -80,22 +89,22 @@ class Knot:
         port: int | None = None,
     ) -> Knot:
         """``records``: zone-file lines relative to the zone (``www 300 IN A 192.0.2.10``)."""
-        port = port or free_dns_port()
-        keys = "".join(
-            f"  - id: {k.name}\n    algorithm: {k.algorithm}\n    secret: {k.secret}\n"
-            for k in (key, *denied)
-        )
+        knot = cls(workdir=workdir, port=port or free_dns_port(), zone=zone, key=key, denied=denied)
+        knot.key_file.write_text(knot_key_line(key))
+        knot.server_key_file.write_text(f"# {knot_key_line(key)}key:\n{_key_item(key)}")
+        denied_keys = f"key:\n{''.join(_key_item(k) for k in denied)}" if denied else ""
         (workdir / "knot.conf").write_text(
             "server:\n"
             f'    rundir: "{workdir}"\n'
             f'    pidfile: "{workdir}/knot.pid"\n'
-            f"    listen: {LOOPBACK}@{port}\n"
+            f"    listen: {LOOPBACK}@{knot.port}\n"
             "log:\n"
             "  - target: stderr\n"
             "    any: info\n"
             "database:\n"
             f'    storage: "{workdir}"\n'
-            f"key:\n{keys}"
+            f'include: "{knot.server_key_file}"\n'
+            f"{denied_keys}"
             "acl:\n"
             "  - id: cutover-update\n"
             f"    key: {key.name}\n"
@@ -114,8 +123,6 @@ class Knot:
             *records,
         ]
         (workdir / "zone.db").write_text("\n".join(lines) + "\n")
-        (workdir / "tsig.knsupdate").write_text(knot_key_line(key))
-        knot = cls(workdir=workdir, port=port, zone=zone, key=key, denied=denied)
         await knot._run()
         return knot
 

@@ -66,8 +66,11 @@ _ALGORITHMS: dict[str, dns.name.Name] = {
     "hmac-sha256": dns.tsig.HMAC_SHA256,
     "hmac-sha512": dns.tsig.HMAC_SHA512,
 }
-#: ``secret "<base64>";`` in a BIND key file, as ``tsig-keygen`` writes it.
-_BIND_SECRET = re.compile(r'secret\s+"([^"]+)"\s*;')
+#: The secret in a key file: ``secret "<base64>";`` as BIND's ``tsig-keygen`` writes it, or
+#: ``secret: <base64>`` as Knot DNS's ``keymgr -t`` writes it.
+_KEY_FILE_SECRET = re.compile(
+    r'secret\s+"(?P<bind>[^"]+)"\s*;|^\s*secret:\s*(?P<knot>\S+)\s*$', re.MULTILINE
+)
 _MAX_TTL = 2**31 - 1  # RFC 2181 section 8
 
 #: ``(host, port)`` of a DNS server; the host is an IP address.
@@ -144,20 +147,21 @@ def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> st
 def tsig_key(
     *, name: str, algorithm: TsigAlgorithm, secret: str, source: str, who: str
 ) -> dns.tsig.Key:
-    """A TSIG key from a base64 secret, or from a BIND key file (``tsig-keygen`` output).
+    """A TSIG key from a base64 secret, or from a key file as BIND's ``tsig-keygen`` or Knot
+    DNS's ``keymgr -t`` writes it.
 
     ``source`` names where the secret came from, for the error message."""
-    match = _BIND_SECRET.search(secret)
-    text = match.group(1) if match else secret
+    match = _KEY_FILE_SECRET.search(secret)
+    text = (match.group("bind") or match.group("knot")) if match else secret
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise PermanentError(
-            f"{who}: the TSIG secret in {source} is not base64 (nor a BIND key file)"
+            f"{who}: the TSIG secret in {source} is not base64 (nor a BIND or Knot key file)"
         ) from None
     if not raw:
         raise PermanentError(f"{who}: the TSIG secret in {source} is empty")
-    # the form dns.tsig.Key's repr prints, and the one inside a BIND key file
+    # the form dns.tsig.Key's repr prints, and the one inside a key file
     register_secret(base64.b64encode(raw).decode())
     register_secret(text)
     return dns.tsig.Key(name, raw, _ALGORITHMS[algorithm])

@@ -94,8 +94,8 @@ _PREREQUISITE_FAILED = frozenset(
 
 class TsigSpec(Spec):
     """``tsig:`` the key the updates are signed with; the secret comes from a file (a bare
-    base64 secret, or a BIND key file as ``tsig-keygen`` writes it) or an environment
-    variable, never inline."""
+    base64 secret, or a key file as BIND's ``tsig-keygen`` or Knot's ``keymgr -t`` writes it)
+    or an environment variable, never inline."""
 
     name: str = Field(min_length=1)
     algorithm: TsigAlgorithm = "hmac-sha256"

@@ -122,6 +122,16 @@ async def test_knot_dual_stack_and_ttl(knot_server: Knot, tmp_path: Path) -> Non
     assert (await router.observe()).state == router.expected(50)
 
 
+async def test_knot_key_file_is_a_secret_source(knot_server: Knot, tmp_path: Path) -> None:
+    # the key file the server includes, as `keymgr -t` writes it (a comment line, then YAML)
+    assert knot_server.server_key_file.read_text().startswith("# hmac-sha256:cutover-key.:")
+    tsig = {"name": knot_server.key.name, "secret_file": str(knot_server.server_key_file)}
+    router = rfc2136_spec(knot_server, tmp_path, tsig=tsig).build(new="green")
+    await router.preflight()
+    await router.apply(50)
+    assert (await answered_share(knot_server.server))[0] == 50.0
+
+
 # --- drift, rollback, restart -------------------------------------------------------------------
 
 

@@ -289,6 +289,8 @@ class ServiceSpec(_Strict):
     apply_timeout: Duration = 10.0
     rollback_timeout: Duration = 30.0
     undo_window: Duration = 3600.0
+    # after the last stage: this long at 100 % with every check running (phase baking)
+    bake: Duration = 0.0
     max_restarts: int = Field(default=3, ge=0)
     restart_window: Duration = 600.0
 
@@ -319,6 +321,7 @@ class ServiceSpec(_Strict):
             rollback_timeout=self.rollback_timeout,
             max_restarts=self.max_restarts,
             restart_window=self.restart_window,
+            bake=self.bake,
         )
 
 

@@ -23,7 +23,7 @@ from cutover.core.model import (
     evolve,
 )
 
-__all__ = ["Finding", "gate_open", "record", "worst"]
+__all__ = ["Finding", "gate_open", "not_passing", "record", "worst"]
 
 _SEVERITY = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.ERROR: 2, Verdict.FAIL: 3}
 
@@ -97,5 +97,13 @@ def record(
 
 def gate_open(states: tuple[CheckState, ...], policies: tuple[CheckPolicy, ...]) -> bool:
     """A stage may pass only when every acting check's latest counting measurement is pass."""
+    return not not_passing(states, policies)
+
+
+def not_passing(
+    states: tuple[CheckState, ...], policies: tuple[CheckPolicy, ...]
+) -> tuple[CheckState, ...]:
+    """The acting (not dry-run) checks whose latest counting measurement is not pass: what
+    keeps a stage's gate closed, and what a ``promote`` without ``force`` is refused over."""
     dry = {p.name for p in policies if p.dry_run}
-    return all(s.latest is Verdict.PASS for s in states if s.name not in dry)
+    return tuple(s for s in states if s.name not in dry and s.latest is not Verdict.PASS)

@@ -39,6 +39,7 @@ __all__ = [
     "Measured",
     "Observed",
     "PreflightPassed",
+    "Refusal",
     "Restarted",
     "Rollback",
     "RollbackVerified",
@@ -129,8 +130,13 @@ class Observed:
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
+    """An operator's action. ``force``: promote although checks are not passing;
+    ``reapply``: resume a cutover paused on drift by writing its current stage again."""
+
     action: Literal["pause", "resume", "promote", "abort"]
     actor: str = "operator"
+    force: bool = False
+    reapply: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,11 +182,20 @@ Action = Apply | Rollback
 
 
 @dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """Why an operator command does not apply now: an API error ``code`` (HTTP 409) and a
+    sentence naming what stands in the way (the checks, the routers)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Step:
     cutover: Cutover
     actions: tuple[Action, ...] = ()
     events: tuple[Event, ...] = ()
-    refused: str | None = None
+    refused: Refusal | None = None
 
     def then(self, other: Step) -> Step:
         return Step(
@@ -344,9 +359,12 @@ def _enter_stage(c: Cutover, index: int, now: float) -> Step:
 
 
 def _advance(c: Cutover, now: float) -> Step:
-    """Past the current stage: the next one, or completion after the last."""
+    """Past the current stage: the next one; after the last, the bake (if the plan has one),
+    and past the bake, completion."""
     if c.stage_index + 1 < len(c.plan.stages):
         return _enter_stage(c, c.stage_index + 1, now)
+    if c.plan.bake > 0 and c.bake_elapsed is None:
+        return _start_bake(c, now)
     c = evolve(c, status=Status.COMPLETED, finished_at=now, paused_from=None)
     return Step(
         cutover=c,
@@ -354,8 +372,38 @@ def _advance(c: Cutover, now: float) -> Step:
     )
 
 
+def _start_bake(c: Cutover, now: float) -> Step:
+    """The last stage passed: stay at 100 % with every check running (and every rollback rule
+    acting) for ``plan.bake`` seconds of monitored time."""
+    c = evolve(c, status=Status.RUNNING, phase=Phase.BAKING, bake_elapsed=0.0)
+    return Step(
+        cutover=c,
+        events=(
+            _event(
+                now,
+                "baking",
+                f"last stage passed; baking at 100% {c.to_color} for {c.plan.bake:g}s with "
+                f"every check running; a breach rolls back to {c.from_color}",
+                bake=c.plan.bake,
+            ),
+        ),
+    )
+
+
 def _try_pass_stage(c: Cutover, now: float) -> Step:
-    if c.status is not Status.RUNNING or c.phase is not Phase.HOLDING:
+    """The hold (or the bake) is over and every acting check's latest counting measurement
+    is pass: on to the approval gate, the next stage, the bake or completion."""
+    if c.status is not Status.RUNNING:
+        return Step(cutover=c)
+    if c.phase is Phase.HOLDING and c.bake_elapsed is not None:
+        # the last stage was written again during its bake (drift reassert, resume
+        # --reapply): the bake goes on where it was
+        c = evolve(c, phase=Phase.BAKING)
+    if c.phase is Phase.BAKING:
+        if (c.bake_elapsed or 0.0) < c.plan.bake or not analysis.gate_open(c.checks, c.plan.checks):
+            return Step(cutover=c)
+        return _advance(c, now)
+    if c.phase is not Phase.HOLDING:
         return Step(cutover=c)
     if c.hold_elapsed < c.stage.hold or not analysis.gate_open(c.checks, c.plan.checks):
         return Step(cutover=c)
@@ -487,7 +535,7 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
 
 def _stage_time(c: Cutover, dt: float) -> Cutover:
     # resolvers' caches expire while we pause too: a TTL wait counts paused time
-    if c.phase not in (Phase.HOLDING, Phase.PREFLIGHT):
+    if c.phase not in (Phase.HOLDING, Phase.BAKING, Phase.PREFLIGHT):
         return c
     return evolve(c, stage_elapsed=c.stage_elapsed + dt)
 
@@ -495,6 +543,9 @@ def _stage_time(c: Cutover, dt: float) -> Cutover:
 def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
     if c.phase is Phase.PREFLIGHT:  # waiting out a DNS TTL, or resumed before stage 1
         return _on_preflight_passed(_stage_time(c, e.dt), PreflightPassed(), now)
+    if c.phase is Phase.BAKING:
+        baked = (c.bake_elapsed or 0.0) + e.dt
+        return _try_pass_stage(_stage_time(evolve(c, bake_elapsed=baked), e.dt), now)
     if c.phase is not Phase.HOLDING:
         return Step(cutover=c)
     c = evolve(c, stage_elapsed=c.stage_elapsed + e.dt, hold_elapsed=c.hold_elapsed + e.dt)
@@ -662,26 +713,75 @@ def _cmd_pause(c: Cutover, e: Command, now: float) -> Step:
     return _pause(c, now, f"by {e.actor}")
 
 
+def _drift_refusal(c: Cutover) -> Refusal | None:
+    """A resume without ``reapply`` would push routers that drifted (an operator's emergency
+    rollback, an HAProxy reload) back toward the new color: name each one instead."""
+    drifted = [r for r in c.routers if r.drift]
+    if not drifted:
+        return None
+    readings = "; ".join(
+        f"router {r.name}: the daemon last wrote {r.written}% {c.to_color}, it reads "
+        + ("an unknown share" if r.observed is None else f"{round(r.observed, 1):g}% {c.to_color}")
+        for r in drifted
+    )
+    return Refusal(
+        code="drift",
+        message=f"cannot resume over drift: {readings}. Resume with reapply to write stage "
+        f"{c.stage_index + 1} ({c.share}% {c.to_color}) again, or abort to roll back",
+    )
+
+
 def _cmd_resume(c: Cutover, e: Command, now: float) -> Step:
+    refusal = None if e.reapply else _drift_refusal(c)
+    if refusal is not None:
+        return Step(cutover=c, refused=refusal)
     back = c.paused_from or Status.RUNNING
     c = evolve(c, status=back, paused_from=None)
+    how = ", writing the current stage again" if e.reapply else ""
     resumed = Step(
-        cutover=c, events=(_event(now, "resumed", f"resumed by {e.actor}", actor=e.actor),)
+        cutover=c,
+        events=(
+            _event(now, "resumed", f"resumed by {e.actor}{how}", actor=e.actor, reapply=e.reapply),
+        ),
     )
-    reapply = c.phase is Phase.SHIFTING or any(r.drift for r in c.routers)
+    reapply = c.phase is not Phase.PREFLIGHT and (e.reapply or c.phase is Phase.SHIFTING)
     if back in (Status.RUNNING, Status.AWAITING_APPROVAL) and reapply:
-        # the operator has looked at the routers: re-apply the current stage as asked
+        # the operator asked for the stage again (or one was in flight): write it over
+        # whatever the routers hold
         c = evolve(c, phase=Phase.SHIFTING)
         return resumed.then(Step(cutover=c, actions=(Apply(share=c.share, force=True),)))
     return resumed.then(_try_pass_stage(c, now))
 
 
 def _cmd_promote(c: Cutover, e: Command, now: float) -> Step:
+    """Skip the rest of a hold, pass an approval gate or end a bake: refused while an acting
+    check's latest counting measurement at this stage is not pass, unless ``force``."""
+    blocking = analysis.not_passing(c.checks, c.plan.checks)
+    named = ", ".join(
+        f"{s.name} ({s.latest.value if s.latest else 'no counting measurement yet'})"
+        for s in blocking
+    )
+    if blocking and not e.force:
+        return Step(
+            cutover=c,
+            refused=Refusal(
+                code="checks_not_passing",
+                message=f"cannot promote: checks not passing at stage {c.stage_index + 1}: "
+                f"{named}; promote with force to pass it anyway",
+            ),
+        )
+    what = "the bake" if c.phase is Phase.BAKING else f"stage {c.stage_index + 1}"
+    forced = f", forced past checks not passing: {named}" if blocking else ""
     promoted = Step(
         cutover=c,
         events=(
             _event(
-                now, "promoted", f"stage {c.stage_index + 1} promoted by {e.actor}", actor=e.actor
+                now,
+                "promoted",
+                f"{what} promoted by {e.actor}{forced}",
+                actor=e.actor,
+                forced=bool(blocking),
+                not_passing=[s.name for s in blocking],
             ),
         ),
     )
@@ -689,8 +789,11 @@ def _cmd_promote(c: Cutover, e: Command, now: float) -> Step:
 
 
 def _cmd_promote_running(c: Cutover, e: Command, now: float) -> Step:
-    if c.phase is not Phase.HOLDING:
-        return Step(cutover=c, refused=f"cannot promote while {c.phase.value}")
+    if c.phase not in (Phase.HOLDING, Phase.BAKING):
+        return Step(
+            cutover=c,
+            refused=Refusal(code="invalid_state", message=f"cannot promote while {c.phase.value}"),
+        )
     return _cmd_promote(c, e, now)
 
 
@@ -717,7 +820,13 @@ def allowed_commands(status: Status) -> list[str]:
 def _on_command(c: Cutover, e: Command, now: float) -> Step:
     handler = _COMMANDS.get((c.status, e.action))
     if handler is None:
-        return Step(cutover=c, refused=f"cannot {e.action} a cutover that is {c.status.value}")
+        return Step(
+            cutover=c,
+            refused=Refusal(
+                code="invalid_state",
+                message=f"cannot {e.action} a cutover that is {c.status.value}",
+            ),
+        )
     return handler(c, e, now)
 
 
@@ -756,9 +865,9 @@ def step(c: Cutover, event: Input, now: float) -> Step:
 
 
 def next_deadline(c: Cutover) -> float | None:
-    """Seconds of monitored time until a ``Tick`` can change ``c`` by itself (a hold ends, a
-    DNS TTL wait is over, an approval or rollback times out); ``None`` when only another input
-    can. The engine sleeps until then instead of ticking at a fixed rate; elapsed times in
+    """Seconds of monitored time until a ``Tick`` can change ``c`` by itself (a hold or a bake
+    ends, a DNS TTL wait is over, an approval or rollback times out); ``None`` when only another
+    input can. The engine sleeps until then instead of ticking at a fixed rate; elapsed times in
     between are brought up to date by whatever input comes first."""
     remaining: float | None = None
     if c.status is Status.RUNNING and c.phase is Phase.PREFLIGHT:
@@ -766,9 +875,12 @@ def next_deadline(c: Cutover) -> float | None:
     elif c.status is Status.RUNNING and c.phase is Phase.HOLDING:
         if c.hold_elapsed < c.stage.hold:
             remaining = c.stage.hold - c.hold_elapsed
+    elif c.status is Status.RUNNING and c.phase is Phase.BAKING:
+        baked = c.bake_elapsed or 0.0
+        if baked < c.plan.bake:
+            remaining = c.plan.bake - baked
     elif c.status is Status.AWAITING_APPROVAL and c.stage.approval_timeout is not None:
         remaining = c.stage.approval_timeout - c.approval_elapsed
     elif c.status is Status.ROLLING_BACK:
         remaining = c.plan.rollback_timeout - c.rollback_elapsed
     return None if remaining is None else max(0.0, remaining)
-

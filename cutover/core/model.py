@@ -73,6 +73,8 @@ class Phase(StrEnum):
     PREFLIGHT = "preflight"
     SHIFTING = "shifting"
     HOLDING = "holding"
+    # after the last stage's hold: every check still runs at 100 % for ``Plan.bake`` seconds
+    BAKING = "baking"
 
 
 Policy = Literal["pause", "rollback"]
@@ -134,6 +136,7 @@ class Plan:
     rollback_timeout: float = 30.0
     max_restarts: int = 3
     restart_window: float = 600.0
+    bake: float = 0.0  # monitored seconds at 100 % after the last stage, checks running
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +219,9 @@ class Cutover:
     stage_elapsed: float = 0.0
     approval_elapsed: float = 0.0
     rollback_elapsed: float = 0.0
+    # monitored seconds of the bake so far; ``None`` until the bake starts (a re-applied last
+    # stage then returns to the bake, not to a second one)
+    bake_elapsed: float | None = None
     paused_from: Status | None = None
     # Before stage 1: a DNS router's published TTL was longer than configured, so it was
     # republished with the configured TTL and the old one is waited out (monitored time,
@@ -314,6 +320,7 @@ class Cutover:
                 rollback_timeout=plan["rollback_timeout"],
                 max_restarts=plan["max_restarts"],
                 restart_window=plan["restart_window"],
+                bake=plan.get("bake", 0.0),
             ),
             status=Status(d["status"]),
             phase=Phase(d["phase"]),
@@ -322,6 +329,7 @@ class Cutover:
             stage_elapsed=d.get("stage_elapsed", 0.0),
             approval_elapsed=d["approval_elapsed"],
             rollback_elapsed=d["rollback_elapsed"],
+            bake_elapsed=d.get("bake_elapsed"),
             paused_from=Status(d["paused_from"]) if d["paused_from"] else None,
             ttl_wait=d.get("ttl_wait", 0.0),
             checks=tuple(_check_state(c) for c in d["checks"]),
@@ -351,6 +359,7 @@ _NOT_PROGRESS = tuple(
         "stage_elapsed",
         "approval_elapsed",
         "rollback_elapsed",
+        "bake_elapsed",
         "updated_at",
         "checks",
     )

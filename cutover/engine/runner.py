@@ -132,7 +132,7 @@ class Runner:
         await self._inbox.put((cmd, fut))
         result = await fut
         if result.refused:
-            raise ConflictError(result.refused, code="invalid_state")
+            raise ConflictError(result.refused.message, code=result.refused.code)
         return result.cutover
 
     async def run(self, *, restarted: bool, crash: str = "") -> Cutover:

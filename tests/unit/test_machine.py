@@ -26,6 +26,7 @@ from cutover.core.machine import (
     Measured,
     Observed,
     PreflightPassed,
+    Refusal,
     Restarted,
     Rollback,
     RollbackVerified,
@@ -132,8 +133,8 @@ class Run:
     def tick(self, dt: float) -> Step:
         return self.feed(Tick(dt=dt), wall=dt)
 
-    def command(self, action: str, actor: str = "alice") -> Step:
-        return self.feed(Command(action=action, actor=actor))  # type: ignore[arg-type]
+    def command(self, action: str, actor: str = "alice", **flags: bool) -> Step:
+        return self.feed(Command(action=action, actor=actor, **flags))  # type: ignore[arg-type]
 
     def clear_stage(self) -> Step:
         """Apply the current stage, hold it, then pass every check."""
@@ -163,6 +164,14 @@ def at_shifting(plan: Plan | None = None) -> Run:
 def at_holding(plan: Plan | None = None) -> Run:
     run = Run.new(plan)
     run.applied()
+    assert (run.c.status, run.c.phase) == (RUNNING, Phase.HOLDING)
+    return run
+
+
+def at_holding_passing(plan: Plan | None = None) -> Run:
+    """Holding stage 1 with every check passing, its hold not over yet."""
+    run = at_holding(plan)
+    run.pass_checks()
     assert (run.c.status, run.c.phase) == (RUNNING, Phase.HOLDING)
     return run
 
@@ -627,6 +636,12 @@ _CMD: dict[str, dict[str, tuple[Status, int, tuple[Any, ...], tuple[str, ...]] |
     "holding": {
         "pause": (PAUSED, 0, (), ("paused",)),
         "resume": None,
+        "promote": None,  # no check has passed at this stage yet: checks_not_passing
+        "abort": (ROLLING_BACK, 0, (Rollback(),), ("rollback_started",)),
+    },
+    "holding_passing": {
+        "pause": (PAUSED, 0, (), ("paused",)),
+        "resume": None,
         "promote": (RUNNING, 1, (Apply(share=50),), ("promoted", "stage_started")),
         "abort": (ROLLING_BACK, 0, (Rollback(),), ("rollback_started",)),
     },
@@ -663,6 +678,7 @@ _BUILDERS: dict[str, Callable[..., Run]] = {
     "preflight": at_preflight,
     "shifting": at_shifting,
     "holding": at_holding,
+    "holding_passing": at_holding_passing,
     "awaiting": at_awaiting,
     "paused": at_paused,
     "paused_awaiting": at_paused_awaiting,
@@ -685,11 +701,12 @@ def test_command(where: str, action: str) -> None:
     expected = _CMD[where][action]
     if expected is None:
         assert s.refused
-        assert action in s.refused
+        assert action in s.refused.message
         assert_unchanged(before, s)
-        assert action not in machine.allowed_commands(before.status) or before.phase in (
-            Phase.PREFLIGHT,
-            Phase.SHIFTING,
+        assert (
+            action not in machine.allowed_commands(before.status)
+            or before.phase in (Phase.PREFLIGHT, Phase.SHIFTING)
+            or s.refused.code == "checks_not_passing"
         )
         return
     status, index, actions, events = expected
@@ -711,12 +728,14 @@ def test_allowed_commands() -> None:
 
 def test_promote_while_shifting_says_why() -> None:
     s = at_shifting().command("promote")
-    assert s.refused == "cannot promote while shifting"
+    assert s.refused == Refusal(code="invalid_state", message="cannot promote while shifting")
 
 
 def test_refusal_names_status() -> None:
     s = at_completed().command("abort")
-    assert s.refused == "cannot abort a cutover that is completed"
+    assert s.refused == Refusal(
+        code="invalid_state", message="cannot abort a cutover that is completed"
+    )
 
 
 # --- stages --------------------------------------------------------------------------------------
@@ -1126,7 +1145,8 @@ def test_resume_after_drift_reasserts_with_force() -> None:
     run = at_holding()
     run.feed(Observed(router="edge", share=30.0, known=False))
     assert run.c.status is PAUSED
-    s = run.command("resume")
+    assert run.command("resume").refused is not None  # drift: the operator must say reapply
+    s = run.command("resume", reapply=True)
     assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.SHIFTING)
     assert s.actions == (Apply(share=10, force=True),)
     s = run.applied()
@@ -1454,6 +1474,7 @@ def test_drift_reassert_in_awaiting_approval_completes() -> None:
     s = run.applied(50)
     assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.HOLDING)
     assert s.cutover.router("edge").drift is False
+    run.pass_checks()  # every check needs a pass at the re-applied share
     s = run.command("promote")
     assert s.actions == (Apply(share=100),)
 
@@ -1463,7 +1484,7 @@ def test_resume_after_drift_in_awaiting_approval_reapplies() -> None:
     run = at_awaiting()
     run.feed(Observed(router="edge", share=30.0, known=False))
     assert (run.c.status, run.c.paused_from) == (PAUSED, AWAITING)
-    s = run.command("resume")
+    s = run.command("resume", reapply=True)
     assert s.actions == (Apply(share=50, force=True),)
     assert (s.cutover.status, s.cutover.phase) == (AWAITING, Phase.SHIFTING)
     s = run.applied(50)
@@ -1760,7 +1781,7 @@ def check_step(prev: Cutover, inp: Input, s: Step, oracle: Oracle, high: list[in
     # refused commands change nothing; only commands are refused
     if s.refused is not None:
         assert isinstance(inp, Command)
-        assert inp.action in s.refused
+        assert inp.action in s.refused.message
         assert c == prev and s.actions == () and s.events == ()
     # progress is monotone while not rolling back; no Apply once rolling back
     for a in s.actions:
@@ -1878,3 +1899,196 @@ def test_evolve_is_replace_without_init() -> None:
         changed.hold_elapsed = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError, match="no field"):
         evolve(c, hold_elapsd=1.0)
+
+
+# --- issue 14: guarded promote and resume, bake -------------------------------------------------
+
+F = Verdict.FAIL
+BAKE = 300.0
+
+
+def at_baking(plan: Plan | None = None) -> Run:
+    """Every stage passed (stage 2 promoted), now baking at 100 %."""
+    run = at_awaiting(plan or make_plan(bake=BAKE))
+    run.command("promote")
+    run.clear_stage()
+    assert (run.c.status, run.c.phase, run.c.bake_elapsed) == (RUNNING, Phase.BAKING, 0.0)
+    return run
+
+
+def test_promote_is_refused_while_a_check_fails_naming_it() -> None:
+    run = at_holding_passing()
+    run.measure("errors", F, 0.2)
+    before = run.c
+    s = run.command("promote")
+    assert s.refused is not None and s.refused.code == "checks_not_passing"
+    assert "errors (fail)" in s.refused.message and "health" not in s.refused.message
+    assert_unchanged(before, s)
+
+
+def test_promote_is_refused_before_a_check_has_a_counting_pass() -> None:
+    s = at_holding().command("promote")
+    assert s.refused is not None and s.refused.code == "checks_not_passing"
+    assert "health (no counting measurement yet)" in s.refused.message
+    assert "errors (no counting measurement yet)" in s.refused.message
+
+
+def test_a_dry_run_check_does_not_block_promote() -> None:
+    checks = (CheckPolicy(name="health"), CheckPolicy(name="errors", dry_run=True))
+    run = at_holding(make_plan(checks=checks))
+    run.measure("health", P, 0.0)
+    run.measure("errors", F, 0.9)
+    s = run.command("promote")
+    assert s.refused is None
+    assert kinds(s) == ("promoted", "stage_started")
+    assert s.events[0].data["forced"] is False
+
+
+def test_forced_promote_passes_and_says_forced_and_who() -> None:
+    run = at_holding_passing()
+    run.measure("errors", F, 0.2)
+    s = run.command("promote", actor="bob", force=True)
+    assert s.refused is None
+    assert (s.cutover.stage_index, s.actions) == (1, (Apply(share=50),))
+    promoted = s.events[0]
+    assert promoted.kind == "promoted"
+    assert promoted.data == {"actor": "bob", "forced": True, "not_passing": ["errors"]}
+    assert "promoted by bob, forced past checks not passing: errors (fail)" in promoted.message
+
+
+def test_promote_at_an_approval_gate_is_refused_when_a_check_failed_since() -> None:
+    run = at_awaiting()
+    run.measure("health", F, 0.0)  # one fail: under failure_limit, checks keep running
+    assert run.c.status is AWAITING
+    s = run.command("promote")
+    assert s.refused is not None and s.refused.code == "checks_not_passing"
+    s = run.command("promote", force=True)
+    assert s.actions == (Apply(share=100),)
+
+
+def test_resume_after_a_drift_pause_is_refused_naming_router_written_and_read() -> None:
+    run = at_holding()
+    run.feed(Observed(router="edge", share=0.0, known=False))
+    assert run.c.status is PAUSED
+    before = run.c
+    s = run.command("resume")
+    assert s.refused is not None and s.refused.code == "drift"
+    assert "router edge: the daemon last wrote 10% green, it reads 0% green" in s.refused.message
+    assert "dns" not in s.refused.message
+    assert_unchanged(before, s)
+
+
+def test_resume_reapply_writes_the_current_stage_again() -> None:
+    run = at_holding()
+    run.feed(Observed(router="edge", share=0.0, known=False))
+    s = run.command("resume", actor="bob", reapply=True)
+    assert s.refused is None
+    assert s.actions == (Apply(share=10, force=True),)
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.SHIFTING)
+    (resumed,) = s.events
+    assert resumed.data == {"actor": "bob", "reapply": True}
+    assert "writing the current stage again" in resumed.message
+    s = run.applied()
+    assert s.cutover.phase is Phase.HOLDING and not any(r.drift for r in s.cutover.routers)
+
+
+def test_resume_after_drift_that_went_back_needs_no_reapply() -> None:
+    run = at_holding()
+    run.feed(Observed(router="edge", share=0.0, known=False))
+    run.feed(Observed(router="edge", share=10.0, known=True))  # someone put it back
+    s = run.command("resume")
+    assert s.refused is None and s.actions == ()
+    assert s.cutover.status is RUNNING
+
+
+def test_resume_without_drift_writes_nothing() -> None:
+    s = at_paused().command("resume")
+    assert s.refused is None and s.actions == ()
+
+
+def test_after_the_last_stage_the_cutover_bakes_then_completes() -> None:
+    run = at_awaiting(make_plan(bake=BAKE))
+    run.command("promote")
+    run.applied()
+    run.tick(60)
+    s = run.pass_checks()
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.BAKING)
+    (baking,) = [e for e in s.events if e.kind == "baking"]
+    assert baking.data == {"bake": BAKE}
+    assert machine.next_deadline(s.cutover) == BAKE
+    s = run.tick(BAKE - 1)
+    assert s.cutover.phase is Phase.BAKING
+    assert machine.next_deadline(s.cutover) == 1
+    s = run.tick(1)
+    assert s.cutover.status is COMPLETED
+    assert kinds(s) == ("completed",)
+
+
+def test_a_bake_waits_for_every_check_to_pass_at_its_end() -> None:
+    run = at_baking()
+    run.measure("health", F, 0.0)
+    s = run.tick(BAKE)
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.BAKING)
+    assert machine.next_deadline(s.cutover) is None  # only a measurement can end it now
+    s = run.measure("health", P, 0.0)
+    assert s.cutover.status is COMPLETED
+
+
+def test_a_breach_during_the_bake_rolls_back() -> None:
+    run = at_baking()
+    run.tick(BAKE / 2)
+    run.measure("errors", F, 0.5)
+    s = run.measure("errors", F, 0.6)
+    assert s.cutover.status is ROLLING_BACK
+    assert s.actions == (Rollback(),)
+    assert all(r.desired == 0 for r in s.cutover.routers)
+
+
+def test_promote_ends_a_bake_under_the_hold_rule() -> None:
+    run = at_baking()
+    run.measure("errors", F, 0.2)
+    s = run.command("promote")
+    assert s.refused is not None and s.refused.code == "checks_not_passing"
+    s = run.command("promote", force=True)
+    assert s.cutover.status is COMPLETED
+    assert kinds(s) == ("promoted", "completed")
+    assert s.events[0].message.startswith("the bake promoted by alice, forced")
+
+
+def test_paused_bake_time_does_not_count() -> None:
+    run = at_baking()
+    run.tick(100)
+    run.command("pause")
+    run.tick(1000)
+    assert run.c.bake_elapsed == 100
+    s = run.command("resume")
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.BAKING)
+    assert machine.next_deadline(s.cutover) == BAKE - 100
+
+
+def test_a_stage_written_again_during_the_bake_returns_to_the_bake() -> None:
+    run = at_baking()
+    run.tick(100)
+    run.feed(Observed(router="edge", share=0.0, known=False))
+    run.command("resume", reapply=True)
+    s = run.applied()
+    assert (s.cutover.status, s.cutover.phase) == (RUNNING, Phase.BAKING)
+    assert s.cutover.bake_elapsed == 100
+    assert "baking" not in kinds(s)  # the same bake, not a second one
+
+
+def test_without_bake_the_last_stage_completes_at_once() -> None:
+    run = at_awaiting()
+    run.command("promote")
+    s = run.clear_stage()
+    assert s.cutover.status is COMPLETED and s.cutover.bake_elapsed is None
+
+
+def test_bake_round_trips_through_the_store_encoding() -> None:
+    run = at_baking()
+    run.tick(42)
+    c = run.c
+    assert Cutover.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    old = c.to_dict()
+    del old["bake_elapsed"], old["plan"]["bake"]  # a record written before bake existed
+    assert Cutover.from_dict(old).plan.bake == 0.0

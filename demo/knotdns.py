@@ -26,7 +26,7 @@ from pathlib import Path
 from demo.dnsservers import TsigKey, assert_port_unused, find_binary, free_dns_port, wait_dns
 from demo.stack import LOOPBACK, Child, MissingBinary
 
-__all__ = ["Knot", "knot_key_line"]
+__all__ = ["Knot", "knot_binary", "knot_key_line"]
 
 
 def knot_key_line(key: TsigKey) -> str:
@@ -38,13 +38,16 @@ def _key_item(key: TsigKey) -> str:
     return f"  - id: {key.name}\n    algorithm: {key.algorithm}\n    secret: {key.secret}\n"
 
 
-def _knotd() -> str:
+def knot_binary(name: str) -> str:
+    """``knotd`` or a Knot client tool (``knsupdate``); if missing, :class:`MissingBinary`
+    naming the Debian packages (``knot``, ``knot-dnsutils``), not the binary."""
     try:
-        return find_binary("knotd")
+        return find_binary(name)
     except MissingBinary:
         raise MissingBinary(
-            "'knotd' is not installed; the Knot DNS tests need the real server (Debian:"
-            " apt-get install -y knot knot-dnsutils, or run `make test` as root). Never skipped."
+            f"'{name}' is not installed; the Knot DNS tests need the real server and tools"
+            " (Debian: apt-get install -y knot knot-dnsutils, or run `make test` as root)."
+            " Never skipped."
         ) from None
 
 
@@ -128,7 +131,7 @@ class Knot:
 
     async def _run(self) -> None:
         assert_port_unused(self.port)
-        argv = [_knotd(), "-c", str(self.workdir / "knot.conf")]
+        argv = [knot_binary("knotd"), "-c", str(self.workdir / "knot.conf")]
         self.child = await Child.spawn("knotd", argv, self.workdir)
         try:
             await wait_dns(self.child, self.port, self.zone)

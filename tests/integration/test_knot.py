@@ -19,8 +19,8 @@ import pytest
 
 from cutover.errors import PermanentError, TransientError
 from cutover.routers.rfc2136 import Rfc2136Router
-from demo.dnsservers import Bind, PowerDNS, find_binary, new_tsig_key
-from demo.knotdns import Knot
+from demo.dnsservers import Bind, PowerDNS, new_tsig_key
+from demo.knotdns import Knot, knot_binary
 from demo.stack import Child
 from tests.integration.conftest import DNS_ZONE
 from tests.integration.test_dns_routers import (
@@ -61,7 +61,7 @@ async def knsupdate(knot: Knot, commands: str) -> None:
     host, port = hostport(knot.server)
     script = knot.workdir / "knsupdate.txt"
     script.write_text(f"server {host} {port}\nzone {DNS_ZONE}\n{commands}\nsend\n")
-    argv = [find_binary("knsupdate"), "-k", str(knot.key_file), str(script)]
+    argv = [knot_binary("knsupdate"), "-k", str(knot.key_file), str(script)]
     child = await Child.spawn("knsupdate", argv, knot.workdir)
     try:
         async with asyncio.timeout(10):

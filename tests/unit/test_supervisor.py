@@ -173,32 +173,37 @@ async def test_respawn_backs_off_and_stop_cancels_a_pending_respawn(daemon: Daem
 
 @dataclass
 class Built:
-    """What the supervisor asked the adapters factory for: (router names, checks, new color)."""
+    """An adapters factory that builds what the spec it is given lists (the fakes stand for
+    every router name, so a renamed router in the config is still the same "server"), and
+    what it was asked for: (router names, check names, new color)."""
 
+    router: FakeRouter
+    check: FakeCheck
     calls: list[tuple[tuple[str, ...], tuple[str, ...], Color]]
+
+    def adapters(
+        self, spec: ServiceSpec, service: str, new: Color
+    ) -> tuple[dict[str, Router], dict[str, Check]]:
+        names = tuple(r.name for r in spec.routers)
+        checks = tuple(c.name for c in spec.checks)
+        self.calls.append((names, checks, new))
+        return dict.fromkeys(names, self.router), dict.fromkeys(checks, self.check)
 
 
 @pytest.fixture
 async def plain(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Built]]:
-    """A daemon whose adapters factory builds what the spec it is given lists (the fakes stand
-    for every router name, so a renamed router in the config is still the same "server")."""
     store = BuggyStore(path=str(tmp_path / "state.db"))
     await store.open()
     clock = FakeClock()
     router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
-    built = Built(calls=[])
-
-    def adapters(
-        spec: ServiceSpec, service: str, new: Color
-    ) -> tuple[dict[str, Router], dict[str, Check]]:
-        names = tuple(r.name for r in spec.routers)
-        checks = tuple(c.name for c in spec.checks)
-        built.calls.append((names, checks, new))
-        return dict.fromkeys(names, router), dict.fromkeys(checks, check)
-
+    built = Built(router=router, check=check, calls=[])
     metrics = Metrics()
     sup = Supervisor(
-        config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters, metrics=metrics
+        config=parse_config(CONFIG),
+        store=store,
+        clock=clock,
+        adapters=built.adapters,
+        metrics=metrics,
     )
     await sup.start()
     try:
@@ -293,6 +298,43 @@ async def test_live_color_after_an_undo_survives_a_restart(plain: tuple[Daemon, 
             assert restarted.live("checkout") == "blue"
         finally:
             await restarted.stop()
+
+
+async def test_an_undo_in_flight_at_a_restart_resumes_with_its_frozen_spec(
+    plain: tuple[Daemon, Built],
+) -> None:
+    daemon, built = plain
+    async with asyncio.timeout(GUARD):
+        await completed(daemon)
+        # Given an undo whose rollback cannot be written yet when the daemon stops
+        daemon.router.fail(TransientError, "edge: connection reset", ops=("apply",), times=None)
+        undo = await daemon.supervisor.undo("checkout", actor="erin")
+        await daemon.clock.advance(1.0, settle=daemon.store.idle.wait)
+        await daemon.supervisor.stop()
+        # When a daemon starts on a config that renamed the router
+        restarted = Supervisor(
+            config=parse_config(renamed_router_config()),
+            store=daemon.store,
+            clock=daemon.clock,
+            adapters=built.adapters,
+        )
+        await restarted.start()
+        try:
+            # Then it resumes the undo with the undone cutover's router and no checks
+            assert built.calls[-1] == (("edge",), (), "green")
+            daemon.router.clear()
+            await daemon.clock.advance_until(
+                lambda: restarted.runner(undo.id) is None,
+                within=10.0,
+                settle=daemon.store.idle.wait,
+            )
+            assert (await restarted.get(undo.id)).status is Status.ROLLED_BACK
+            assert restarted.live("checkout") == "blue"
+        finally:
+            await restarted.stop()
+    assert daemon.router.state == {"share": "maint"}
+    kinds = [e.kind for e in await daemon.store.events(undo.id)]
+    assert kinds == ["started", "restarted", "rolled_back"]
 
 
 async def test_undo_outside_the_window_is_409_undo_window_passed(

@@ -94,6 +94,8 @@ def _banner(c: dict[str, Any]) -> Panel | None:
         )
     if state == "rolling_back":
         return Panel(reason, title="rolling back", title_align="left", border_style="red")
+    if state == "refused":  # by preflight: nothing moved
+        return Panel(reason, title="REFUSED (no traffic moved)", title_align="left", style="yellow")
     if state == "awaiting_approval":
         hint = Text(f"cutover promote {c['service']}")
         return Panel(hint, title="waiting for approval", title_align="left", border_style="magenta")

@@ -223,6 +223,7 @@ def test_rolled_back_shows_a_red_panel_with_the_reason() -> None:
     [
         ({"state": "failed", "reason": REASON}, "ROLLBACK NOT VERIFIED (failed)"),
         ({"state": "rolling_back", "reason": REASON}, "rolling back"),
+        ({"state": "refused", "reason": REASON}, "REFUSED (no traffic moved)"),
         ({"state": "awaiting_approval"}, "cutover promote checkout"),
         ({"state": "paused"}, "hold 42.5s of 120s (paused)"),
         ({"phase": "shifting"}, "▶ 2/3 50% 120s +approval shifting"),

@@ -29,14 +29,21 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp.test_utils import TestClient, TestServer
 
+from cutover.api.app import make_app
+from cutover.config import parse_config
 from cutover.core import machine
 from cutover.core.model import Phase, Status, Verdict
+from cutover.engine.clock import SystemClock
+from cutover.engine.supervisor import Supervisor
 from cutover.errors import StoreError
 from cutover.observability.alarms import PacedAlarm
+from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
 from tests.unit.test_runner import GUARD, Scenario, TrackedStore, make_plan, seq_contiguous
+from tests.unit.test_supervisor import CONFIG
 
 
 @pytest.fixture
@@ -212,6 +219,33 @@ async def test_a_removed_database_file_fails_every_write(tmp_path: Path) -> None
             await store.register_notifier("after")
         assert "removed" in await store.check_writable()
     finally:
+        await store.aclose()
+
+
+async def test_readyz_is_503_naming_the_store_while_it_cannot_write(tmp_path: Path) -> None:
+    store = SqliteStore(path=str(tmp_path / "s.db"))
+    await store.open()
+    metrics = Metrics()
+    sup = Supervisor(config=parse_config(CONFIG), store=store, clock=SystemClock(), metrics=metrics)
+    await sup.start()
+    app = make_app(supervisor=sup, store=store, metrics=metrics)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            assert (await client.get("/readyz")).status == 200
+            await store.set_read_only(True)
+            with pytest.raises(StoreError):
+                await store.register_notifier("n")  # a write fails: the store is faulty
+            resp = await client.get("/readyz")
+            body = await resp.json()
+            assert resp.status == 503 and body["error"]["code"] == "store_unwritable", body
+            assert (
+                store.path in body["error"]["message"] and "read-only" in body["error"]["message"]
+            )
+            await store.set_read_only(False)
+            resp = await client.get("/readyz")  # its probe write succeeds: ready again
+            assert resp.status == 200, await resp.text()
+    finally:
+        await sup.stop()
         await store.aclose()
 
 

@@ -81,6 +81,13 @@ async def test_undo_with_the_live_color_down_moves_traffic_back_and_evacuates(e2
     # a second undo has nothing to undo
     status, body = await e2e.api("POST", "/v1/services/checkout/undo")
     assert (status, body["error"]["code"]) == (409, "nothing_to_undo"), body
+    # once green is fixed, the next start goes from blue to green again
+    for name in e2e.stack.green:
+        await e2e.stack.apps[name].set_health(True)
+    again = await e2e.start()
+    assert (again["from"], again["to"]) == ("blue", "green")
+    await e2e.wait_for(again["id"], state="completed")
+    assert await e2e.green_share(300) == 100.0
     no_task_errors(e2e)
 
 

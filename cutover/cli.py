@@ -286,6 +286,8 @@ def render_cutover(c: dict[str, Any]) -> str:
         )
     if c.get("reason"):
         lines.append(f"  reason: {c['reason']}")
+    if c.get("store_error"):  # nothing moves toward the new color until it is written
+        lines.append(f"  store_error: {c['store_error']} (latest transition not written yet)")
     return "\n".join(lines)
 
 

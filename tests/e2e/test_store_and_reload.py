@@ -149,6 +149,8 @@ async def test_a_full_store_is_visible_holds_forward_moves_and_still_rolls_back(
     status, body = await e2e.api("GET", "/readyz")
     assert status == 503 and body["error"]["code"] == "store_unwritable", body
     assert str(db) in body["error"]["message"] and "full" in body["error"]["message"]
+    rc, out, err = await e2e.cli("status", "checkout")
+    assert rc == 0 and f"store_error: state store {db}" in out, (out, err)
     assert await metric(e2e, "cutover_store_write_errors_total") >= 1
 
     # And nothing moves toward the new color: HAProxy keeps the first stage's weights,

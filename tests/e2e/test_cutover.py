@@ -144,8 +144,11 @@ async def test_unreachable_haproxy_refuses_the_start_and_changes_nothing(e2e: E2
     assert status == 422, body
     assert body["error"]["code"] == "preflight_failed"
     assert "edge" in body["error"]["message"]
+    # nothing changed, and the refusal is kept in the history with its reason
     _, history = await e2e.api("GET", "/v1/services/checkout/cutovers")
-    assert history["cutovers"] == []
+    assert [(c["state"], c["reason"]) for c in history["cutovers"]] == [
+        ("refused", body["error"]["message"])
+    ]
     rc, _, err = await e2e.cli("start", "checkout")
     assert rc == 1 and "preflight" in err and "Traceback" not in err
     assert await e2e.green_share(300) == 0.0

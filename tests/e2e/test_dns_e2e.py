@@ -148,11 +148,11 @@ async def test_a_wrong_tsig_secret_refuses_the_start_naming_server_and_key(
     message = body["error"]["message"]
     assert dns_e2e.bind.server in message and dns_e2e.bind.key.name.rstrip(".") in message
     assert wrong not in message and wrong not in e2e.daemon_log()
-    # nothing changed: DNS as before (TTL included), HAProxy all blue, no cutover recorded
+    # nothing changed: DNS as before (TTL included), HAProxy all blue; the refusal is kept
     assert await dns_e2e.published() == before
     assert await e2e.green_share(300) == 0.0
     _, svc = await e2e.api("GET", "/v1/services/checkout")
-    assert svc["cutover"] is None
+    assert (svc["cutover"]["state"], svc["cutover"]["reason"]) == ("refused", message)
 
 
 async def test_a_hold_below_the_dns_ttl_is_refused_with_its_place(dns_e2e: DnsE2E) -> None:

@@ -252,4 +252,5 @@ async def test_a_promql_syntax_error_refuses_the_start_with_prometheus_message(s
     assert "parse error" in body["error"]["message"]
     assert (await slo.green_answers())["green"] == 0  # nothing moved
     _, svc = await slo.e2e.api("GET", "/v1/services/checkout")
-    assert svc["cutover"] is None
+    assert svc["cutover"]["state"] == "refused"  # kept with its reason; nothing runs
+    assert svc["cutover"]["reason"] == body["error"]["message"]

@@ -243,7 +243,7 @@ class Supervisor:
         return self._locks.setdefault(service, asyncio.Lock())
 
     async def _active(self, service: str) -> Cutover | None:
-        """The service's cutover that still owns it (not completed or rolled back)."""
+        """The service's cutover that still owns it (not completed, rolled back or refused)."""
         found = await self._store.active(service)
         return found[0] if found else None
 

@@ -67,7 +67,7 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_rules() -> None:
     result = run("promtool", "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_exercise_every_alert() -> None:
@@ -95,6 +95,8 @@ def test_every_alert_points_to_a_runbook_that_exists() -> None:
         "CutoverRollbackFailed": "failed-rollback.md",
         "CutoverDaemonDown": "daemon-died.md",
         "CutoverStageStuck": "stuck-stage.md",
+        "CutoverStoreCannotWrite": "store-fault.md",
+        "CutoverConfigReloadRefused": "config-reload.md",
     }
     for rule in alert_rules():
         url = rule["annotations"]["runbook_url"]

@@ -61,6 +61,9 @@ LIST_BUILDS = web.AppKey("list_builds", set[asyncio.Task[Listing]])
 _ACTOR = re.compile(r"^[A-Za-z0-9@._:/+-]{1,64}$")
 _LIMIT = re.compile(r"[0-9]{1,3}")
 _ACTIONS = ("pause", "resume", "promote", "abort")
+#: The one body field an action takes: it goes ahead where the action is otherwise refused
+#: (promote past checks not passing, resume over drift by writing the stage again).
+_ACTION_FLAGS = {"promote": "force", "resume": "reapply"}
 #: Largest request body read (aiohttp's ``client_max_size``); no endpoint takes parameters.
 MAX_BODY = 64 * 1024
 #: Longest run of list building on the event loop before it lets other tasks run, seconds.
@@ -155,19 +158,41 @@ def _actor(request: web.Request) -> str:
     return f"{principal.name} (via {header})"
 
 
-async def _no_body(request: web.Request) -> None:
-    """POSTs take no body; an empty object is fine, anything else is refused clearly."""
+async def _json_body(request: web.Request) -> object:
+    """A POST's parsed JSON body; ``None`` when it has none."""
     if not request.can_read_body:
-        return
+        return None
     raw = await request.read()
     if not raw.strip():
-        return
+        return None
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: [[[[… nested too deep
         raise RequestError("the request body must be JSON (or empty)", code="bad_json") from exc
-    if body not in ({}, None):
+
+
+async def _no_body(request: web.Request) -> None:
+    """POSTs take no body; an empty object is fine, anything else is refused clearly."""
+    if await _json_body(request) not in ({}, None):
         raise RequestError("this endpoint takes no parameters", code="unexpected_body")
+
+
+async def _action_flag(request: web.Request, action: str) -> dict[str, bool]:
+    """The action's flag from its body (``{"force": true}`` for promote, ``{"reapply": true}``
+    for resume); no body, ``{}`` or ``null`` is no flag. Anything else is a 400 or 422."""
+    body = await _json_body(request)
+    if body in ({}, None):
+        return {}
+    flag = _ACTION_FLAGS.get(action)
+    if flag is None:
+        raise RequestError("this endpoint takes no parameters", code="unexpected_body")
+    if not isinstance(body, dict) or body.keys() != {flag}:
+        raise RequestError(
+            f'{action} takes no body, {{}} or {{"{flag}": true}}', code="unexpected_body"
+        )
+    if not isinstance(body[flag], bool):
+        raise RequestError(f"{flag} must be true or false", code="invalid_body", status=422)
+    return {flag: body[flag]}
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -319,8 +344,13 @@ async def cutover_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in _ACTIONS:
         raise web.HTTPNotFound(reason=f"no action {action!r} (known: {', '.join(_ACTIONS)})")
-    await _no_body(request)
-    command = Command(action=action, actor=_actor(request))  # type: ignore[arg-type]
+    flag = await _action_flag(request, action)
+    command = Command(
+        action=action,  # type: ignore[arg-type]
+        actor=_actor(request),
+        force=flag.get("force", False),
+        reapply=flag.get("reapply", False),
+    )
     c = await request.app[SUPERVISOR].command(request.match_info["id"], command)
     return await _cutover_answer(request, c)
 

@@ -40,19 +40,37 @@ _NO_BODY = {
 }
 
 
-def _action(verb: str, what: str) -> dict[str, Any]:
+_NOT_NOW = "invalid_state: the command does not apply in this state"
+
+
+def _action(
+    verb: str, what: str, *, flag: tuple[str, str] | None = None, refusal: str = ""
+) -> dict[str, Any]:
+    """An operator command; ``flag`` is the one boolean its body may carry (name, what it
+    does) and ``refusal`` the 409 code that flag overrides (with what it names)."""
+    body: dict[str, Any] = _NO_BODY
+    responses: dict[str, Any] = {
+        "200": _json(_ref("Cutover"), "the cutover after the command"),
+        "400": _ERR,
+        "404": _ERR,
+        "409": _json(_ref("Error"), f"{_NOT_NOW}; {refusal}" if refusal else _NOT_NOW),
+    }
+    if flag is not None:
+        name, does = flag
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: {"type": "boolean", "default": False, "description": does}},
+        }
+        body = {"required": False, "content": {"application/json": {"schema": schema}}}
+        responses["422"] = {**_ERR, "description": f"invalid_body: {name} is not a boolean"}
     return {
         "post": {
             "summary": what,
             "operationId": f"{verb}Cutover",
             "parameters": [_ID, _ACTOR],
-            "requestBody": _NO_BODY,
-            "responses": {
-                "200": _json(_ref("Cutover"), "the cutover after the command"),
-                "400": _ERR,
-                "404": _ERR,
-                "409": _json(_ref("Error"), "the command does not apply in this state"),
-            },
+            "requestBody": body,
+            "responses": responses,
         }
     }
 
@@ -150,7 +168,11 @@ _SCHEMAS: dict[str, Any] = {
                 "cutover it undoes (same from/to): rolling_back, then rolled_back (from is "
                 "live again) or failed (still retrying)",
             },
-            "phase": {"enum": ["preflight", "shifting", "holding"]},
+            "phase": {
+                "enum": ["preflight", "shifting", "holding", "baking"],
+                "description": "baking: after the last stage's hold, at 100 % with every check "
+                "running for the service's bake",
+            },
             "stage": {"type": "integer"},
             "stages": {"type": "array", "items": {"type": "object"}},
             "hold_elapsed": {"type": "number"},
@@ -159,6 +181,11 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "seconds of a lowered DNS TTL waited out before stage 1 (0: none)",
             },
             "ttl_wait_left": {"type": "number"},
+            "bake": {"type": "number", "description": "the plan's bake in seconds (0: none)"},
+            "bake_left": {
+                "type": "number",
+                "description": "seconds of the bake still to run (all of it before it starts)",
+            },
             "routers": {"type": "array", "items": _ref("Router")},
             "checks": {"type": "array", "items": _ref("Check")},
             "reason": {"type": ["string", "null"]},
@@ -431,8 +458,24 @@ def openapi_spec() -> dict[str, Any]:
                     }
                 },
                 "/v1/cutovers/{id}/pause": _action("pause", "pause the cutover"),
-                "/v1/cutovers/{id}/resume": _action("resume", "resume a paused cutover"),
-                "/v1/cutovers/{id}/promote": _action("promote", "pass the current stage"),
+                "/v1/cutovers/{id}/resume": _action(
+                    "resume",
+                    "resume a paused cutover",
+                    flag=(
+                        "reapply",
+                        "write the current stage to every router again, over what a drifted "
+                        "router holds",
+                    ),
+                    refusal="drift: paused on drift and reapply not given; the message names "
+                    "each drifted router, the share the daemon last wrote and what it reads",
+                ),
+                "/v1/cutovers/{id}/promote": _action(
+                    "promote",
+                    "pass the current stage's hold or approval gate, or end the bake",
+                    flag=("force", "promote although checks are not passing (the event says so)"),
+                    refusal="checks_not_passing: an acting check's latest counting measurement "
+                    "at this stage is not pass and force not given; the message names each",
+                ),
                 "/v1/cutovers/{id}/abort": _action("abort", "roll back at once"),
             }
         ),

@@ -46,9 +46,9 @@ LIST_STALE_MAX_AGE = 2 * LIST_MAX_AGE
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 #: Keys of the body whose values are spliced in on each step, in body order (see _body).
-_CLOCKS = ("hold_elapsed", "ttl_wait_left", "updated_at")
+_CLOCKS = ("hold_elapsed", "ttl_wait_left", "bake_left", "updated_at")
 #: Fields of a cutover that feed only the clock values; a change in any other field re-encodes.
-_CLOCK_FIELDS = frozenset({"hold_elapsed", "stage_elapsed", "updated_at"})
+_CLOCK_FIELDS = frozenset({"hold_elapsed", "stage_elapsed", "bake_elapsed", "updated_at"})
 #: Where a clock value goes in the encoded text: a raw control character never comes out of the
 #: encoder, which escapes every one of them (RFC 8259 §7).
 _CUT = "\x00"
@@ -69,9 +69,19 @@ def _ttl_wait_left(c: Cutover) -> float:
     return max(0.0, c.ttl_wait - c.stage_elapsed)
 
 
+def _bake_left(c: Cutover) -> float:
+    """Seconds of the bake still to run (all of it before the bake starts)."""
+    return max(0.0, c.plan.bake - (c.bake_elapsed or 0.0))
+
+
 def _clocks(c: Cutover) -> list[bytes]:
     """The values of :data:`_CLOCKS`, encoded in one call (numbers: no comma inside)."""
-    values = [round(c.hold_elapsed, 3), round(_ttl_wait_left(c), 3), c.updated_at]
+    values = [
+        round(c.hold_elapsed, 3),
+        round(_ttl_wait_left(c), 3),
+        round(_bake_left(c), 3),
+        c.updated_at,
+    ]
     return _bytes(values)[1:-1].split(b",")
 
 
@@ -309,6 +319,8 @@ def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
         "hold_elapsed": None,
         "ttl_wait": c.ttl_wait,
         "ttl_wait_left": None,
+        "bake": c.plan.bake,
+        "bake_left": None,
         "routers": [
             {
                 "name": r.name,

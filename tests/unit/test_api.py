@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cutover.api.app import SUPERVISOR, make_app
-from cutover.config import parse_config
+from cutover.checks.base import Check
+from cutover.config import ServiceSpec, parse_config
+from cutover.core.model import Color, Cutover, Phase, Status, Verdict
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
+from cutover.routers.base import Router
 from cutover.store.sqlite import SqliteStore
+from cutover.testing import FakeCheck, FakeClock, FakeRouter
 
 CONFIG = {
     "services": {
@@ -188,3 +195,167 @@ def test_validate_cli_exits_2_with_places_and_no_traceback(tmp_path: Path) -> No
         check=False,
     )
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+# --- guarded promote and resume (issue 14): 409 codes, flags in the body -------------------------
+
+
+GUARDED = {
+    "services": {
+        "checkout": {
+            "routers": [{**CONFIG["services"]["checkout"]["routers"][0]}],  # type: ignore[index]
+            "checks": [
+                {
+                    "name": "health",
+                    "type": "http",
+                    "url": "http://127.0.0.1:1/",
+                    "interval": "1s",
+                    "failure_limit": 5,
+                }
+            ],
+            "stages": [{"weight": 50, "hold": "60s"}, {"weight": 100, "hold": "60s"}],
+            "bake": "120s",
+        }
+    }
+}
+
+
+@dataclass
+class Faked:
+    """The app over a supervisor whose router and check are fakes, on a fake clock."""
+
+    client: TestClient  # type: ignore[type-arg]
+    supervisor: Supervisor
+    store: SqliteStore
+    clock: FakeClock
+    router: FakeRouter
+    check: FakeCheck
+
+    async def until(self, cutover_id: str, predicate: Callable[[Cutover], bool]) -> Cutover:
+        c = await self.supervisor.get(cutover_id)
+        for _ in range(2000):
+            if predicate(c):
+                return c
+            await self.clock.advance(0.25, step=0.25)
+            c = await self.supervisor.get(cutover_id)
+        raise AssertionError(f"never reached: {c}")
+
+    async def post(self, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        headers = {"X-Cutover-Actor": "alice", "Content-Type": "application/json"}
+        resp = await self.client.post(path, headers=headers, **kw)
+        return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def faked(tmp_path: Path) -> AsyncIterator[Faked]:
+    store = SqliteStore(path=str(tmp_path / "state.db"))
+    await store.open()
+    clock = FakeClock()
+    router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
+
+    def adapters(
+        spec: ServiceSpec, service: str, new: Color
+    ) -> tuple[dict[str, Router], dict[str, Check]]:
+        return {"edge": router}, {"health": check}
+
+    metrics = Metrics()
+    sup = Supervisor(
+        config=parse_config(GUARDED), store=store, clock=clock, adapters=adapters, metrics=metrics
+    )
+    await sup.start()
+    try:
+        async with TestClient(
+            TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
+        ) as c:
+            yield Faked(c, sup, store, clock, router, check)
+    finally:
+        await sup.stop()
+        await store.aclose()
+
+
+def _holding(c: Cutover) -> bool:
+    return c.phase is Phase.HOLDING and all(s.latest is not None for s in c.checks)
+
+
+async def test_promote_is_409_checks_not_passing_unless_forced(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, _holding)
+        faked.check.set(Verdict.FAIL, 0.5)  # failure_limit 5: no rollback within this test
+        await faked.until(c.id, lambda c: c.checks[0].latest is Verdict.FAIL)
+        status, body = await faked.post(f"/v1/cutovers/{c.id}/promote")
+        assert status == 409
+        assert body["error"]["code"] == "checks_not_passing"
+        assert "health (fail)" in body["error"]["message"]
+        assert (await faked.supervisor.get(c.id)).stage_index == 0
+        status, body = await faked.post(f"/v1/cutovers/{c.id}/promote", json={"force": True})
+        assert status == 200 and body["stage"] == 1
+        (promoted,) = [e for e in body["events"] if e["kind"] == "promoted"]
+        assert promoted["data"] == {"actor": "alice", "forced": True, "not_passing": ["health"]}
+
+
+async def test_promote_of_a_bake_and_the_baking_phase_are_shown(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, _holding)
+        assert (await faked.post(f"/v1/cutovers/{c.id}/promote"))[0] == 200
+        await faked.until(c.id, lambda c: c.phase is Phase.BAKING)
+        answer = await (await faked.client.get(f"/v1/cutovers/{c.id}")).json()
+        assert (answer["state"], answer["phase"], answer["bake"]) == ("running", "baking", 120.0)
+        assert 0 < answer["bake_left"] <= 120.0
+        assert "baking" in [e["kind"] for e in answer["events"]]
+        status, body = await faked.post(f"/v1/cutovers/{c.id}/promote", json={"force": False})
+        assert status == 200 and body["state"] == "completed"
+
+
+async def test_resume_after_drift_is_409_drift_unless_reapply(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, _holding)
+        faked.router.set_by_hand(0)  # an emergency rollback by hand
+        await faked.until(c.id, lambda c: c.status is Status.PAUSED)
+        status, body = await faked.post(f"/v1/cutovers/{c.id}/resume")
+        assert status == 409 and body["error"]["code"] == "drift"
+        assert (
+            "router edge: the daemon last wrote 50% green, it reads 0% green"
+            in body["error"]["message"]
+        )
+        assert faked.router.state == {"share": "w0"}  # the operator's rollback stands
+        status, body = await faked.post(f"/v1/cutovers/{c.id}/resume", json={"reapply": True})
+        assert status == 200 and body["state"] == "running"
+        await faked.until(c.id, lambda c: c.phase is Phase.HOLDING)
+        assert faked.router.state == {"share": "w50"}
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "status", "code"),
+    [
+        ("promote", b'{"force": "yes"}', 422, "invalid_body"),
+        ("promote", b'{"force": 1}', 422, "invalid_body"),
+        ("promote", b'{"reapply": true}', 400, "unexpected_body"),
+        ("promote", b'{"force": true, "x": 1}', 400, "unexpected_body"),
+        ("resume", b"[true]", 400, "unexpected_body"),
+        ("resume", b'{"reapply": tru', 400, "bad_json"),
+        ("pause", b'{"force": true}', 400, "unexpected_body"),
+        ("abort", b'{"reapply": true}', 400, "unexpected_body"),
+    ],
+)
+async def test_a_bad_command_body_is_a_json_4xx_and_changes_nothing(
+    faked: Faked, action: str, body: bytes, status: int, code: str
+) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        before = await faked.until(c.id, _holding)
+        got, answer = await faked.post(f"/v1/cutovers/{c.id}/{action}", data=body)
+        assert (got, answer["error"]["code"]) == (status, code)
+        after = await faked.supervisor.get(c.id)
+        assert (after.status, after.stage_index) == (before.status, before.stage_index)
+
+
+async def test_an_empty_or_null_body_still_works(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, _holding)
+        assert (await faked.post(f"/v1/cutovers/{c.id}/pause", data=b"null"))[0] == 200
+        assert (await faked.post(f"/v1/cutovers/{c.id}/resume", json={}))[0] == 200
+        assert (await faked.post(f"/v1/cutovers/{c.id}/promote", data=b""))[0] == 200

@@ -63,6 +63,8 @@ KEYS = [
     "hold_elapsed",
     "ttl_wait",
     "ttl_wait_left",
+    "bake",
+    "bake_left",
     "routers",
     "checks",
     "reason",
@@ -176,6 +178,7 @@ def test_the_answer_has_the_contract_fields_in_order() -> None:
     [
         {"hold_elapsed": 99.0004, "stage_elapsed": 99.0, "updated_at": 1_700_000_099.0},
         {"phase": Phase.PREFLIGHT, "ttl_wait": 30.0, "stage_elapsed": 7.5},  # ttl_wait_left
+        {"phase": Phase.BAKING, "bake_elapsed": 12.25},  # bake_left
         {"status": Status.PAUSED},
         {"stage_index": 1, "revision": 4},
         {"reason": 'check "health" failed\x00\n\u2028 "hold_elapsed":null'},
@@ -567,3 +570,14 @@ async def test_the_list_is_gzipped_for_a_client_that_accepts_it(daemon: Daemon) 
 )
 def test_accept_encoding_allows_gzip_as_rfc_9110_says(header: str, gzip_ok: bool) -> None:
     assert accepts_gzip(header) is gzip_ok
+
+
+def test_a_baking_cutover_shows_its_phase_bake_and_what_is_left_of_it() -> None:
+    c = _cutover(phase=Phase.BAKING, stage_index=1, bake_elapsed=100.5)
+    c = replace(c, plan=replace(c.plan, bake=300.0))
+    views = StatusViews()
+    body = _decoded(views.cutover(c))
+    assert (body["phase"], body["bake"], body["bake_left"]) == ("baking", 300.0, 199.5)
+    later = _decoded(views.cutover(replace(c, bake_elapsed=290.0)))  # a clock splice
+    assert later["bake_left"] == 10.0
+    assert _decoded(views.cutover(replace(c, bake_elapsed=None)))["bake_left"] == 300.0

@@ -25,7 +25,7 @@ from cutover.checks.http import HttpCheckSpec
 from cutover.config import Config, load_config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
-from cutover.errors import ConfigError, CutoverError
+from cutover.errors import ConfigError, CutoverError, StoreError
 from cutover.notify import Notifier
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
@@ -138,7 +138,17 @@ async def reload_config(
             alarm=True,
         )
         return running
-    await supervisor.reload(new)
+    try:
+        await supervisor.reload(new)
+    except StoreError as exc:  # it reads which removed services still have a cutover
+        metrics.config_reload_success.set(0)
+        log.error(
+            "config reload not completed: the state store could not be read; send SIGHUP again",
+            config=str(path),
+            error=str(exc),
+            alarm=True,
+        )
+        return running
     tokens.replace(new.api.tokens)
     metrics.config_reload_success.set(1)
     log.info(

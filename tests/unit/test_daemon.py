@@ -26,7 +26,7 @@ from cutover.daemon import (
     reload_config,
     restart_only_changes,
 )
-from cutover.errors import NotFoundError
+from cutover.errors import NotFoundError, StoreError
 from tests.unit import test_supervisor
 from tests.unit.test_supervisor import CONFIG, GUARD, Daemon
 
@@ -239,3 +239,33 @@ def test_restart_only_changes_name_each_key_that_needs_a_restart() -> None:
         "api.listen",
         "notify",
     ]
+
+
+async def test_a_reload_the_store_cannot_answer_is_reported_and_can_be_sent_again(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = load_config(_write(tmp_path / "c.yaml", CONFIG))
+    daemon.supervisor.config = running
+    tokens = TokenTable(running.api.tokens)
+    raw = _with_billing(CONFIG)
+    del raw["services"]["checkout"]  # the supervisor asks the store whether it still runs
+    path = _write(tmp_path / "c.yaml", raw)
+
+    async def unreadable(service: str | None = None) -> list[Any]:
+        raise StoreError("state store s.db: an I/O error occurred (simulated)")
+
+    with monkeypatch.context() as patch, structlog.testing.capture_logs() as logs:
+        patch.setattr(daemon.store, "active", unreadable)
+        now = await reload_config(
+            path, running, supervisor=daemon.supervisor, tokens=tokens, metrics=daemon.metrics
+        )
+    assert now is running
+    assert daemon.metrics.registry.get_sample_value("cutover_config_reload_success") == 0
+    (line,) = [e for e in logs if e.get("alarm")]
+    assert "send SIGHUP again" in line["event"] and "I/O error" in line["error"]
+
+    now = await reload_config(
+        path, running, supervisor=daemon.supervisor, tokens=tokens, metrics=daemon.metrics
+    )
+    assert set(now.services) == {"billing"} == set(daemon.supervisor.config.services)
+    assert daemon.metrics.registry.get_sample_value("cutover_config_reload_success") == 1

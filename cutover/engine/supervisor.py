@@ -406,7 +406,8 @@ class Supervisor:
         old = self.config
         busy: dict[str, tuple[ServiceSpec, str]] = {}
         for service in old.services.keys() - config.services.keys():
-            active = await self._active(service)
+            async with self._lock(service):  # a start under way is in the store after it
+                active = await self._active(service)
             if active is not None:
                 busy[service] = (old.services[service], active.id)
         kept = {service: spec for service, (spec, _) in busy.items()}

@@ -26,8 +26,11 @@ from typing import Any
 
 import pytest
 import yaml
+from playwright.async_api import Browser, expect
 
+from tests.e2e import test_status_page
 from tests.e2e.conftest import E2E
+from tests.e2e.test_status_page import open_page
 
 #: Big enough for the daemon's database and its write-ahead log in this test, small enough to
 #: fill in an instant.
@@ -39,6 +42,9 @@ STORE_STAGES = [
     {"weight": 100, "hold": "1s"},
 ]
 RELOAD_STAGES = [{"weight": 10, "hold": "120s"}, {"weight": 100, "hold": "1s"}]
+
+
+browser = test_status_page.browser  # headless Chromium, as a fixture of this module too
 
 
 @pytest.fixture
@@ -127,7 +133,7 @@ async def servers_state(e2e: E2E) -> list[tuple[str, str, str]]:
 
 
 async def test_a_full_store_is_visible_holds_forward_moves_and_still_rolls_back(
-    e2e: E2E, state_on_tmpfs: Path
+    e2e: E2E, state_on_tmpfs: Path, browser: Browser
 ) -> None:
     db = state_on_tmpfs / "cutover.db"
     # Given a cutover holding at 10 % on real HAProxy, its database on a tmpfs
@@ -158,13 +164,18 @@ async def test_a_full_store_is_visible_holds_forward_moves_and_still_rolls_back(
     await asyncio.sleep(3)
     assert await servers_state(e2e) == at_10
     share = await e2e.green_share(1000)
-    assert 5 <= share <= 15, share
+    assert 5 <= share <= 15, (share, await e2e.stack.haproxy.cli("show servers state checkout"))
     assert stored(db, cid)["stage_index"] == 0
     failed_writes = await metric(e2e, "cutover_store_write_errors_total")
     assert failed_writes >= 2, failed_writes  # every input tries the write again...
     alarms = [line for line in e2e.daemon_log().splitlines() if "state store cannot write" in line]
     assert len(alarms) == 1, alarms  # ...and the alarm line is paced (one a minute), not one each
     assert json.loads(alarms[0])["alarm"] is True
+    # and on-call's status page says so
+    page, errors = await open_page(browser, e2e.url + "/")
+    store_banner = page.locator('section[data-service="checkout"] .banner.store-error')
+    await expect(store_banner).to_contain_text(f"State store cannot write: state store {db}")
+    assert errors == []
 
     # When the new color starts failing while the store is still full
     for name in ("green1", "green2"):
@@ -193,6 +204,8 @@ async def test_a_full_store_is_visible_holds_forward_moves_and_still_rolls_back(
     applied = [e["data"].get("stage") for e in c["events"] if e["kind"] == "stage_applied"]
     assert applied == [0], kinds
     assert "state store writes again" in e2e.daemon_log()
+    await page.reload()
+    await expect(page.locator(".banner.store-error")).to_have_count(0)
     assert await e2e.green_share(1000) == 0.0
 
 

@@ -111,14 +111,28 @@
     return null;
   }
 
+  // the state store cannot take this cutover's latest transition (PRODUCT.md, Store faults are
+  // visible): shown next to any other banner, as it changes what the daemon can do
+  function storeBanner(c) {
+    if (!c.store_error) {
+      return null;
+    }
+    return el("div", "banner warn store-error", el("strong", null, "State store cannot write"),
+      ": ", c.store_error,
+      el("div", "hint",
+        "Nothing moves toward the new color until this is written; a rollback still acts."));
+  }
+
   function stageProgress(c) {
     const n = c.stages.length;
     const done = c.state === "completed";
+    // every stage is done once the bake runs after the last one
+    const staged = done || c.phase === "baking";
     const bar = el("div", "stages");
     c.stages.forEach((s, i) => {
       let fill = 0;
       let kind = "pending";
-      if (done || i < c.stage) {
+      if (staged || i < c.stage) {
         fill = 1;
         kind = "done";
       } else if (i === c.stage) {
@@ -145,6 +159,9 @@
     else if (ENDING.has(c.state)) text = `${c.state.replace("_", " ")} from ${where}`;
     else if (c.phase === "holding") {
       text = `${where}, hold ${secs(c.hold_elapsed)} of ${secs(cur.hold)}`;
+    } else if (c.phase === "baking") {
+      text = `all ${n} stages done; baking at 100 % ${c.to}: ${secs(c.bake_left)} of ` +
+        `${secs(c.bake)} left, every check running (a breach rolls back)`;
     }
     const parts = [bar, el("p", "stage-text", text)];
     if (c.ttl_wait_left > 0) {
@@ -244,6 +261,7 @@
     const state = known(STATES, c.state, "unknown");
     const block = el("div", `cutover state-${state}`,
       banner(c),
+      storeBanner(c),
       el("p", "summary",
         el("span", "muted", `${c.kind} ${c.id}: `),
         el("span", `chip ${colorClass(c.from)}`, c.from), " → ",

@@ -45,6 +45,7 @@ __all__ = [
     "RollbackVerified",
     "RouterRolledBack",
     "ShiftApplied",
+    "ShiftAttemptFailed",
     "ShiftFailed",
     "Step",
     "Tick",
@@ -79,6 +80,16 @@ class ShiftApplied:
 @dataclass(frozen=True, kw_only=True)
 class ShiftFailed:
     """A forward shift could not be applied (permanent error, or transient past apply_timeout)."""
+
+    share: int
+    router: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShiftAttemptFailed:
+    """One attempt of a forward shift failed on ``router`` and will be retried (PRODUCT.md:
+    router errors are visible at once, before ``apply_timeout`` runs out)."""
 
     share: int
     router: str
@@ -150,6 +161,7 @@ class Restarted:
 Input = (
     PreflightPassed
     | ShiftApplied
+    | ShiftAttemptFailed
     | ShiftFailed
     | RollbackVerified
     | RouterRolledBack
@@ -452,7 +464,11 @@ def _on_shift_applied(c: Cutover, e: ShiftApplied, now: float) -> Step:
     )
     # every check needs a pass measured at the new share (PRODUCT.md, Stages)
     checks = tuple(evolve(s, latest=None) for s in c.checks)
-    c = evolve(c, phase=Phase.HOLDING, routers=routers, checks=checks)
+    # a stage's first shift: its initial_delay counts from now, when every router carries the
+    # share; a stage written again (reassert, reapply) keeps its stage time
+    first = c.hold_elapsed == 0 and c.bake_elapsed is None
+    stage_elapsed = 0.0 if first else c.stage_elapsed
+    c = evolve(c, phase=Phase.HOLDING, routers=routers, checks=checks, stage_elapsed=stage_elapsed)
     note, data = _dns_note(c, now)
     step = Step(
         cutover=c,
@@ -476,6 +492,12 @@ def _on_shift_failed(c: Cutover, e: ShiftFailed, now: float) -> Step:
     c = c.with_router(evolve(c.router(e.router), error=e.error))
     reason = f"router {e.router} could not be set to {e.share}%: {e.error}"
     return _start_rollback(c, now, reason, "router")
+
+
+def _on_shift_attempt_failed(c: Cutover, e: ShiftAttemptFailed, now: float) -> Step:
+    if c.phase is not Phase.SHIFTING or e.share != c.share:
+        return Step(cutover=c)  # a stale report of an earlier shift
+    return Step(cutover=c.with_router(evolve(c.router(e.router), error=e.error)))
 
 
 def _on_router_rolled_back(c: Cutover, e: RouterRolledBack, now: float) -> Step:
@@ -534,9 +556,9 @@ def _on_rollback_verified(c: Cutover, e: RollbackVerified, now: float) -> Step:
 
 
 def _stage_time(c: Cutover, dt: float) -> Cutover:
-    # resolvers' caches expire while we pause too: a TTL wait counts paused time
-    if c.phase not in (Phase.HOLDING, Phase.BAKING, Phase.PREFLIGHT):
-        return c
+    # resolvers' caches expire while we pause too: a TTL wait counts paused time. While
+    # shifting too: the routers already written carry the new share (a stage's first shift
+    # restarts it when applied, see _on_shift_applied).
     return evolve(c, stage_elapsed=c.stage_elapsed + dt)
 
 
@@ -547,7 +569,7 @@ def _on_tick_running(c: Cutover, e: Tick, now: float) -> Step:
         baked = (c.bake_elapsed or 0.0) + e.dt
         return _try_pass_stage(_stage_time(evolve(c, bake_elapsed=baked), e.dt), now)
     if c.phase is not Phase.HOLDING:
-        return Step(cutover=c)
+        return Step(cutover=_stage_time(c, e.dt))
     c = evolve(c, stage_elapsed=c.stage_elapsed + e.dt, hold_elapsed=c.hold_elapsed + e.dt)
     return _try_pass_stage(c, now)
 
@@ -586,13 +608,25 @@ def _on_tick_rolling_back(c: Cutover, e: Tick, now: float) -> Step:
     )
 
 
+def _counting(c: Cutover, initial_delay: float) -> bool:
+    """Whether a measurement taken now counts against the limits (PRODUCT.md, Operator
+    controls): after ``initial_delay`` of stage time; while shifting past stage 1 at once, the
+    previous stage's delay being served and the routers already written carrying more of the
+    new color. Stage 1 has no previous traffic: its delay counts from the shift's start, when
+    the first router can take the new color's share."""
+    if c.phase is Phase.PREFLIGHT:
+        return False
+    if c.phase is Phase.SHIFTING and c.stage_index > 0:
+        return True
+    return c.stage_elapsed >= initial_delay
+
+
 def _on_measured(c: Cutover, e: Measured, now: float) -> Step:
     try:
         policy = c.policy(e.check)
     except KeyError:
         return Step(cutover=c)
-    counting = c.phase is not Phase.PREFLIGHT and c.stage_elapsed >= policy.initial_delay
-    m = evolve(e.measurement, counting=counting)
+    m = evolve(e.measurement, counting=_counting(c, policy.initial_delay))
     state, finding = analysis.record(c.check(e.check), policy, m)
     c = c.with_check(state)
     if finding is None:
@@ -838,6 +872,7 @@ _ROLLING = (Status.ROLLING_BACK, Status.FAILED)
 TABLE: dict[tuple[Status, type], Handler] = {
     (Status.RUNNING, PreflightPassed): _on_preflight_passed,
     **{(s, ShiftApplied): _on_shift_applied for s in _ACTIVE},
+    **{(s, ShiftAttemptFailed): _on_shift_attempt_failed for s in _ACTIVE},
     **{(s, ShiftFailed): _on_shift_failed for s in _ACTIVE},
     (Status.RUNNING, Tick): _on_tick_running,
     (Status.AWAITING_APPROVAL, Tick): _on_tick_awaiting,

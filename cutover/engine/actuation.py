@@ -1,12 +1,16 @@
 """Driving routers: forward shifts with the drift guard, and rollbacks retried until verified.
 
-A forward shift reads each router first and writes only when it holds what the daemon last
+A forward shift reads every router first and writes only when each holds what the daemon last
 wrote (or ``force``): reconciliation may move traffic toward the new color only from our own
-state (PRODUCT.md, Drift). Transient errors and hanging calls are retried with backoff for
-``apply_timeout`` on the engine's clock (tenacity measures real time, so it cannot serve the
-injected clock); permanent ones are not. A rollback writes 0 % new with evacuation to every
-router at once and re-reads; it counts as verified when the router *reads* all-old, even if
-the write errored. Routers of one cutover are driven concurrently. A router that can write and
+state, and one router's drift holds the others (PRODUCT.md, Drift). Transient errors and
+hanging calls are retried with backoff for ``apply_timeout`` on the engine's clock (tenacity
+measures real time, so it cannot serve the injected clock); permanent ones are not; every
+failed try is reported at once. A rollback writes 0 % new with evacuation and re-reads; it
+counts as verified when the router *reads* all-old, even if the write errored. A router is
+retried with backoff until verified, probed often while it does not answer (one that comes
+back is rolled back at once), and read once more after a settle time when a forward write
+to it was sent but never answered (that write can still land: see ``STALE_WRITE_SETTLE``).
+Routers of one cutover are driven concurrently. A router that can write and
 read back in one round trip (:class:`~cutover.routers.base.AppliesAndObserves`) does both
 in one call; when that write fails, the router is read back on its own, as after ``apply``.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Mapping
+import functools
+import itertools
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -30,8 +36,10 @@ __all__ = [
     "CallTimeout",
     "RouterOutcome",
     "observe",
+    "roll_back",
     "rollback_once",
     "shift",
+    "together",
     "within",
 ]
 
@@ -39,16 +47,36 @@ __all__ = [
 CALL_TIMEOUT = 10.0
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
+#: The longest wait between two rollback attempts on a router that keeps failing.
+ROLLBACK_BACKOFF_MAX = 5.0
+#: While a router does not answer at all during a rollback, it is read this often (each read
+#: bounded by the same time) between attempts: one that answers again, such as an HAProxy
+#: restarted at its config weights, is rolled back within about this time plus one attempt,
+#: not at the next backoff step.
+PROBE_EVERY = 0.5
+#: A forward write sent to a server that never answered (frozen, or a shift cancelled by the
+#: rollback) sits in the server's socket buffers and lands when it runs again, in no order
+#: with the rollback's own writes (each is its own connection). Such a router is verified
+#: all-old only by a second read this long after a first all-old one: a server that answered
+#: the rollback's write and read is running, and drains what was queued before them within
+#: milliseconds; a stale write landing in between is written over by the next attempt.
+STALE_WRITE_SETTLE = 1.0
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RouterOutcome:
+    """``held``: not written, because another router of the shift drifted or failed."""
+
     router: str
-    result: Literal["applied", "drift", "failed"]
+    result: Literal["applied", "drift", "held", "failed"]
     reading: Reading | None = None
     error: str = ""
+
+
+#: Called with a router's name and error on every failed try that will be retried.
+OnRetry = Callable[[str, str], None]
 
 
 def _timed(timer: RouterTimer | None, router: Router, op: str) -> AbstractContextManager[None]:
@@ -83,7 +111,7 @@ async def within(clock: Clock, seconds: float, coro: Coroutine[Any, Any, T]) -> 
         raise TransientError(f"router call failed unexpectedly: {exc!r}") from exc
 
 
-async def _shift_attempt(
+async def _read_first(
     router: Router,
     share: int,
     *,
@@ -91,13 +119,36 @@ async def _shift_attempt(
     force: bool,
     timer: RouterTimer | None,
 ) -> RouterOutcome:
+    """Where a router stands before a shift writes anything: at the target already, drifted
+    (it holds neither the target nor what we last wrote), or ``held`` until it is written."""
     reading = await observe(router, timer)
-    target = router.expected(share)
-    if dict(reading.state) == dict(target):
+    if dict(reading.state) == dict(router.expected(share)):
         return RouterOutcome(router=router.name, result="applied", reading=reading)
     if not force and dict(reading.state) != dict(written_state or {}):
         return RouterOutcome(router=router.name, result="drift", reading=reading)
-    reading = await _apply_and_read(router, share, timer)
+    return RouterOutcome(router=router.name, result="held", reading=reading)
+
+
+async def _shift_attempt(
+    router: Router,
+    share: int,
+    *,
+    written_state: RouterState | None,
+    force: bool,
+    timer: RouterTimer | None,
+    unsettled: set[str],
+    recheck: bool,
+) -> RouterOutcome:
+    """Write a router the first read found ``held``; a retry (``recheck``) reads it again
+    first, as that read did."""
+    if recheck:
+        first = await _read_first(
+            router, share, written_state=written_state, force=force, timer=timer
+        )
+        if first.result != "held":
+            return first
+    reading = await _apply_and_read(router, share, timer, unsettled)
+    target = router.expected(share)
     if dict(reading.state) != dict(target):
         raise TransientError(
             f"router {router.name}: read back {dict(reading.state)} after setting "
@@ -106,36 +157,39 @@ async def _shift_attempt(
     return RouterOutcome(router=router.name, result="applied", reading=reading)
 
 
-async def _apply_and_read(router: Router, share: int, timer: RouterTimer | None) -> Reading:
-    """Write ``share`` (timed as ``apply``) and read back: in one call where the router can."""
+async def _apply_and_read(
+    router: Router, share: int, timer: RouterTimer | None, unsettled: set[str]
+) -> Reading:
+    """Write ``share`` (timed as ``apply``) and read back: in one call where the router can.
+    The router is in ``unsettled`` from the write until its answer: a write cut short (an
+    error, a timeout, a cancel) may still land."""
+    unsettled.add(router.name)
     with _timed(timer, router, "apply"):
         if (both := one_round_trip(router)) is not None:
-            return await both.apply_and_observe(share)
+            reading = await both.apply_and_observe(share)
+            unsettled.discard(router.name)
+            return reading
         await router.apply(share)
+    unsettled.discard(router.name)
     return await observe(router, timer)
 
 
-async def _shift_one(
+async def _retrying(
     router: Router,
-    share: int,
+    attempt: Callable[[], Coroutine[Any, Any, RouterOutcome]],
     *,
-    written_state: RouterState | None,
-    force: bool,
+    deadline: float,
     apply_timeout: float,
     clock: Clock,
-    timer: RouterTimer | None,
+    on_retry: OnRetry | None,
 ) -> RouterOutcome:
-    """Transient errors (and calls that hang) are retried with backoff until
-    ``apply_timeout`` on ``clock``; permanent ones are not retried."""
-    deadline = clock.monotonic() + apply_timeout
+    """Transient errors (and calls that hang) are retried with backoff until ``deadline`` on
+    ``clock``, each reported to ``on_retry``; permanent ones are not retried."""
     delay = RETRY_FIRST
     last = ""
     while True:
-        attempt = _shift_attempt(
-            router, share, written_state=written_state, force=force, timer=timer
-        )
         try:
-            return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt)
+            return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt())
         except PermanentError as exc:
             return RouterOutcome(router=router.name, result="failed", error=str(exc))
         except CallTimeout as exc:
@@ -149,6 +203,8 @@ async def _shift_one(
                 result="failed",
                 error=f"{last} (still failing after {apply_timeout:g}s of retries)",
             )
+        if on_retry is not None:
+            on_retry(router.name, last)
         await clock.sleep(min(delay, left))  # the last try is at the deadline
         delay = min(delay * 2, RETRY_MAX)
 
@@ -162,22 +218,62 @@ async def shift(
     apply_timeout: float,
     clock: Clock,
     timer: RouterTimer | None = None,
+    on_retry: OnRetry | None = None,
+    unsettled: set[str] | None = None,
 ) -> list[RouterOutcome]:
-    """Set every router to ``share`` concurrently; one outcome per router."""
-    return await _together(
+    """Set every router to ``share`` concurrently; one outcome per router, in ``routers``'
+    order. Every router is read first: when any of them drifted (unless ``force``) or cannot
+    be read within ``apply_timeout``, none is written (the others are ``held``). A router's
+    own retries read it again before writing, so a drift that appears meanwhile is not written
+    over. ``unsettled`` collects the routers whose write was sent but never answered."""
+    deadline = clock.monotonic() + apply_timeout
+    sent: set[str] = set() if unsettled is None else unsettled
+    states = {name: written_states.get(name) for name in routers}
+
+    def retried(
+        router: Router, attempt: Callable[[], Coroutine[Any, Any, RouterOutcome]]
+    ) -> Coroutine[Any, Any, RouterOutcome]:
+        return _retrying(
+            router,
+            attempt,
+            deadline=deadline,
+            apply_timeout=apply_timeout,
+            clock=clock,
+            on_retry=on_retry,
+        )
+
+    first = await together(
         [
-            _shift_one(
+            retried(
                 r,
-                share,
-                written_state=written_states.get(name),
-                force=force,
-                apply_timeout=apply_timeout,
-                clock=clock,
-                timer=timer,
+                functools.partial(
+                    _read_first, r, share, written_state=states[name], force=force, timer=timer
+                ),
             )
             for name, r in routers.items()
         ]
     )
+    if any(o.result in ("drift", "failed") for o in first):
+        return first
+    held = {o.router for o in first if o.result == "held"}
+
+    def write(name: str, r: Router) -> Callable[[], Coroutine[Any, Any, RouterOutcome]]:
+        tries = itertools.count()
+        return lambda: _shift_attempt(
+            r,
+            share,
+            written_state=states[name],
+            force=force,
+            timer=timer,
+            unsettled=sent,
+            recheck=next(tries) > 0,
+        )
+
+    written = await together(
+        [retried(r, write(name, r)) for name, r in routers.items() if name in held]
+    )
+    by_name = {o.router: o for o in (*first, *written)}
+    return [by_name[name] for name in routers]
 
 
 async def _rollback_write(
@@ -199,6 +295,17 @@ async def _rollback_write(
 
 async def _rollback_one(router: Router, clock: Clock, timer: RouterTimer | None) -> RouterOutcome:
     reading, write_error = await _rollback_write(router, clock, timer)
+    return await _verify_old(router, reading, write_error, clock, timer)
+
+
+async def _verify_old(
+    router: Router,
+    reading: Reading | None,
+    write_error: str,
+    clock: Clock,
+    timer: RouterTimer | None,
+) -> RouterOutcome:
+    """``applied`` when the router reads all-old (``reading``, or a read now)."""
     try:
         if reading is None:
             reading = await within(clock, CALL_TIMEOUT, observe(router, timer))
@@ -216,14 +323,59 @@ async def _rollback_one(router: Router, clock: Clock, timer: RouterTimer | None)
     )
 
 
+async def _until_answering(
+    router: Router, seconds: float, clock: Clock, timer: RouterTimer | None
+) -> None:
+    """Wait ``seconds`` between rollback attempts on a router that did not answer, or less:
+    it is read every ``PROBE_EVERY``, and the wait ends as soon as it answers."""
+    end = clock.monotonic() + seconds
+    while (left := end - clock.monotonic()) > PROBE_EVERY:
+        await clock.sleep(PROBE_EVERY)
+        with contextlib.suppress(AdapterError):
+            await within(clock, PROBE_EVERY, observe(router, timer))
+            return
+    await clock.sleep(max(0.0, left))
+
+
+async def roll_back(
+    router: Router,
+    clock: Clock,
+    timer: RouterTimer | None = None,
+    *,
+    unsettled: set[str],
+    on_retry: Callable[[RouterOutcome], None] | None = None,
+) -> Reading:
+    """Roll one router back until it reads all-old; that reading. Each failed attempt goes
+    to ``on_retry``; the next one comes after a backoff (up to ``ROLLBACK_BACKOFF_MAX``), or
+    as soon as a router that did not answer answers again. A router in ``unsettled`` (a
+    forward write to it may still land) must read all-old again ``STALE_WRITE_SETTLE`` after
+    it first does; it leaves ``unsettled`` when verified."""
+    delay = RETRY_FIRST
+    while True:
+        outcome = await _rollback_one(router, clock, timer)
+        if outcome.result == "applied" and router.name in unsettled:
+            await clock.sleep(STALE_WRITE_SETTLE)
+            outcome = await _verify_old(router, None, "", clock, timer)
+        if outcome.result == "applied" and outcome.reading is not None:
+            unsettled.discard(router.name)
+            return outcome.reading
+        if on_retry is not None:
+            on_retry(outcome)
+        if outcome.reading is None:
+            await _until_answering(router, delay, clock, timer)
+        else:  # it answers but is not all-old yet: plain backoff
+            await clock.sleep(delay)
+        delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
+
+
 async def rollback_once(
     routers: Mapping[str, Router], clock: Clock, timer: RouterTimer | None = None
 ) -> list[RouterOutcome]:
     """One concurrent rollback attempt on the given routers."""
-    return await _together([_rollback_one(r, clock, timer) for r in routers.values()])
+    return await together([_rollback_one(r, clock, timer) for r in routers.values()])
 
 
-async def _together(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+async def together(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     """The results of ``calls``, run concurrently; a lone call (most services have one router)
     is awaited as it is, without a task around it."""
     if len(calls) == 1:

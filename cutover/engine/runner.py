@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -33,12 +34,21 @@ from cutover.core.machine import (
     RollbackVerified,
     RouterRolledBack,
     ShiftApplied,
+    ShiftAttemptFailed,
     ShiftFailed,
     Step,
     Tick,
 )
 from cutover.core.model import Cutover, Event, Measurement, Phase, Status, Verdict, evolve
-from cutover.engine.actuation import CALL_TIMEOUT, observe, rollback_once, shift, within
+from cutover.engine.actuation import (
+    CALL_TIMEOUT,
+    RouterOutcome,
+    observe,
+    roll_back,
+    shift,
+    together,
+    within,
+)
 from cutover.engine.clock import Clock, Timer
 from cutover.errors import AdapterError, ConflictError, StoreError
 from cutover.observability.metrics import Metrics
@@ -52,7 +62,6 @@ __all__ = ["ACT_DELAY_ENV", "Runner"]
 #: much hold time (the hold then lasts longer, never shorter); at 1000 cutovers it is ~33
 #: writes a second instead of one per measurement.
 PERSIST_EVERY = 30.0
-ROLLBACK_BACKOFF_MAX = 5.0
 #: Seconds between read-backs of a cutover without checks (with checks: two check intervals).
 OBSERVE_WITHOUT_CHECKS = 5.0
 #: Environment variable of a test hook: seconds to wait between persisting and acting.
@@ -96,6 +105,9 @@ class Runner:
         self._on_change = on_change
         self._inbox: asyncio.Queue[tuple[_Item, asyncio.Future[Step] | None]] = asyncio.Queue()
         self._actuation: asyncio.Task[None] | None = None
+        # routers a forward write was sent to and never answered: it may still land, so their
+        # rollback is verified once more after it could have (actuation.STALE_WRITE_SETTLE)
+        self._unsettled: set[str] = set()
         # Feeders are clock timers, not tasks asleep: a check's next measurement, the next
         # read-back, and a wake at the cutover's next deadline (machine.next_deadline). A task
         # runs only while a measurement or read-back is under way.
@@ -300,6 +312,10 @@ class Runner:
         )
 
     async def _commit(self, before: Cutover, step: Step, now_mono: float) -> None:
+        if any(isinstance(a, Rollback) for a in step.actions):
+            # a rollback decision stops a forward shift before anything else is awaited (the
+            # store may be slow): no forward write is sent after it (PRODUCT.md)
+            await self._cancel_actuation()
         c = step.cutover
         events = [*self._unsaved_events, *step.events]
         actions = [*self._unsaved_actions, *step.actions]
@@ -377,6 +393,8 @@ class Runner:
             apply_timeout=c.plan.apply_timeout,
             clock=self._clock,
             timer=self._router_timer,
+            on_retry=functools.partial(self._shift_retrying, action.share),
+            unsettled=self._unsettled,
         )
         failed = [o for o in outcomes if o.result == "failed"]
         drifted = [o for o in outcomes if o.result == "drift"]
@@ -412,33 +430,49 @@ class Runner:
             )
             await self._inbox.put((applied, None))
 
+    def _shift_retrying(self, share: int, router: str, error: str) -> None:
+        """A forward shift's try failed and will be retried: visible at once (PRODUCT.md)."""
+        self._log.warning(
+            "shift not applied yet, retrying", router=router, share=share, error=error
+        )
+        self._inbox.put_nowait((ShiftAttemptFailed(share=share, router=router, error=error), None))
+
+    def _rollback_retrying(self, outcome: RouterOutcome) -> None:
+        self._log.warning("rollback not verified yet", router=outcome.router, error=outcome.error)
+        self._inbox.put_nowait((Observed(router=outcome.router, error=outcome.error), None))
+
     async def _rollback(self) -> None:
-        pending = dict(self._routers)
-        states: dict[str, dict[str, str]] = {}
-        details: dict[str, str] = {}
-        delay = 0.1
-        while pending:
-            progress: list[RouterRolledBack] = []
-            for o in await rollback_once(pending, self._clock, self._router_timer):
-                if o.result == "applied" and o.reading is not None:
-                    states[o.router] = dict(o.reading.state)
-                    details[o.router] = o.reading.detail
-                    del pending[o.router]
-                    progress.append(
-                        RouterRolledBack(
-                            router=o.router, state=states[o.router], detail=o.reading.detail
-                        )
-                    )
-                else:
-                    self._log.warning("rollback not verified yet", router=o.router, error=o.error)
-                    await self._inbox.put((Observed(router=o.router, error=o.error), None))
-            if not pending:
-                break  # one RollbackVerified below carries every router: one write, not N+1
-            for done in progress:  # partial progress: status shows which routers are done
-                await self._inbox.put((done, None))
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
-        await self._inbox.put((RollbackVerified(states=states, details=details), None))
+        """Every router rolled back on its own, retried until verified; a router verified
+        while others are still retried is reported at once (status shows which are done)."""
+        pending = set(self._routers)
+
+        async def one(name: str, router: Router) -> tuple[str, Reading]:
+            reading = await roll_back(
+                router,
+                self._clock,
+                self._router_timer,
+                unsettled=self._unsettled,
+                on_retry=self._rollback_retrying,
+            )
+            pending.discard(name)
+            if pending:
+                done = RouterRolledBack(
+                    router=name, state=dict(reading.state), detail=reading.detail
+                )
+                self._inbox.put_nowait((done, None))
+            return name, reading
+
+        readings = await together([one(name, r) for name, r in self._routers.items()])
+        # one RollbackVerified carries every router: one write for the last, not two
+        await self._inbox.put(
+            (
+                RollbackVerified(
+                    states={name: dict(r.state) for name, r in readings},
+                    details={name: r.detail for name, r in readings},
+                ),
+                None,
+            )
+        )
 
     # --- background feeders -----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from cutover.core.machine import (
     RollbackVerified,
     RouterRolledBack,
     ShiftApplied,
+    ShiftAttemptFailed,
     ShiftFailed,
     Step,
     Tick,
@@ -359,9 +360,40 @@ TABLE_ROWS: list[Any] = [
         (),
         id="awaiting-shift-failed-while-holding",
     ),
+    # a failed try of a shift that is retried shows the router's error, nothing else
+    pytest.param(
+        at_shifting,
+        ShiftAttemptFailed(share=10, router="dns", error="timeout"),
+        RUNNING,
+        Phase.SHIFTING,
+        (),
+        (),
+        id="running-shift-attempt-failed",
+    ),
+    pytest.param(
+        at_paused_shifting,
+        ShiftAttemptFailed(share=10, router="dns", error="timeout"),
+        PAUSED,
+        Phase.SHIFTING,
+        (),
+        (),
+        id="paused-shift-attempt-failed",
+    ),
+    pytest.param(
+        at_awaiting,
+        ShiftAttemptFailed(share=50, router="dns", error="timeout"),
+        SAME,
+        SAME,
+        (),
+        (),
+        id="awaiting-shift-attempt-failed-while-holding",
+    ),
     pytest.param(at_paused, Tick(dt=5), PAUSED, Phase.HOLDING, (), (), id="paused-tick"),
     pytest.param(at_holding, Tick(dt=5), RUNNING, Phase.HOLDING, (), (), id="running-tick"),
-    pytest.param(at_shifting, Tick(dt=5), SAME, SAME, (), (), id="running-tick-shifting"),
+    # stage time counts while shifting (a stage 1 check's initial_delay): not unchanged
+    pytest.param(
+        at_shifting, Tick(dt=5), RUNNING, Phase.SHIFTING, (), (), id="running-tick-shifting"
+    ),
     pytest.param(at_awaiting, Tick(dt=5), AWAITING, Phase.HOLDING, (), (), id="awaiting-tick"),
     pytest.param(
         at_rolling_back, Tick(dt=5), ROLLING_BACK, Phase.HOLDING, (), (), id="rolling-back-tick"
@@ -592,6 +624,7 @@ _SAMPLES: list[Input] = [
     PreflightPassed(),
     ShiftApplied(share=10, states=router_states(10)),
     ShiftFailed(share=10, router="edge", error="x"),
+    ShiftAttemptFailed(share=10, router="edge", error="x"),
     RollbackVerified(states=router_states(0)),
     Tick(dt=500),
     _fail(),
@@ -1518,11 +1551,12 @@ def test_failure_while_paused_early_in_a_stage_rolls_back() -> None:
     assert s.cutover.status is ROLLING_BACK
 
 
-def test_stage_time_counts_while_holding_paused_and_awaiting_only() -> None:
+def test_stage_time_counts_from_the_shift_and_restarts_when_the_stage_is_applied() -> None:
     run = at_shifting()
     run.tick(10)
-    assert run.c.stage_elapsed == 0
+    assert run.c.stage_elapsed == 10  # stage 1's initial_delay runs from its shift's start
     run.applied()
+    assert run.c.stage_elapsed == 0
     run.tick(4)
     run.command("pause")
     run.tick(6)
@@ -1755,7 +1789,10 @@ class Oracle:
     def reaches_failure_limit(self, c: Cutover, m: Measured) -> bool:
         """Record ``m`` as the spec says; whether it makes the check reach its failure_limit."""
         policy = self.plan.checks[CHECKS.index(m.check)]
-        counting = c.phase is not Phase.PREFLIGHT and self.stage_time >= policy.initial_delay
+        counting = c.phase is not Phase.PREFLIGHT and (
+            (c.phase is Phase.SHIFTING and c.stage_index > 0)
+            or self.stage_time >= policy.initial_delay
+        )
         verdict = m.measurement.verdict
         if not counting or verdict is E:
             return False
@@ -1765,9 +1802,14 @@ class Oracle:
         return verdict is F and window.count(F) >= policy.failure_limit and not policy.dry_run
 
     def observe_time(self, prev: Cutover, inp: Input, c: Cutover) -> None:
-        """Stage time: monitored time once the stage is applied, paused and awaiting included."""
-        if isinstance(inp, Tick) and prev.status in _ACTIVE and prev.phase is Phase.HOLDING:
+        """Stage time: monitored time from a stage's shift, restarted when it is first applied,
+        paused and awaiting included."""
+        shifting_or_holding = prev.phase in (Phase.SHIFTING, Phase.HOLDING)
+        if isinstance(inp, Tick) and prev.status in _ACTIVE and shifting_or_holding:
             self.stage_time += inp.dt
+        first_applied = prev.hold_elapsed == 0 and prev.bake_elapsed is None
+        if prev.phase is Phase.SHIFTING and c.phase is Phase.HOLDING and first_applied:
+            self.stage_time = 0.0
         if c.stage_index != prev.stage_index:
             self.stage_time = 0.0
 
@@ -2092,3 +2134,54 @@ def test_bake_round_trips_through_the_store_encoding() -> None:
     old = c.to_dict()
     del old["bake_elapsed"], old["plan"]["bake"]  # a record written before bake existed
     assert Cutover.from_dict(old).plan.bake == 0.0
+
+
+# --- checks count while a stage change is under way (issue 14, item 1) -------------------------
+
+
+def test_checks_count_at_once_while_shifting_past_stage_1_and_a_failure_rolls_back() -> None:
+    # was: initial_delay counted from a stage time that did not advance while shifting, so a
+    # shift hanging on a frozen router let the failing new color keep its traffic
+    plan = make_plan(checks=(CheckPolicy(name="health", failure_limit=2, initial_delay=30),))
+    run = at_shifting(plan)
+    run.clear_stage()
+    assert (run.c.stage_index, run.c.phase) == (1, Phase.SHIFTING)
+    run.tick(1)  # the stage 2 shift hangs on a router; the other one carries 50 % already
+    first = run.measure("health", F)
+    assert first.cutover.check("health").last.counting is True  # type: ignore[union-attr]
+    assert first.cutover.status is RUNNING
+    s = run.measure("health", F)
+    assert (s.cutover.status, s.actions) == (ROLLING_BACK, (Rollback(),))
+    assert "health" in (s.cutover.reason or "")
+
+
+def test_stage_1_checks_count_once_initial_delay_has_passed_since_its_shift_began() -> None:
+    plan = make_plan(checks=(CheckPolicy(name="health", failure_limit=2, initial_delay=20),))
+    run = at_shifting(plan)
+    run.tick(19)
+    early = run.measure("health", F)
+    assert early.cutover.check("health").last.counting is False  # type: ignore[union-attr]
+    run.tick(1)
+    run.measure("health", F)
+    s = run.measure("health", F)
+    assert (run.c.phase, s.cutover.status) == (Phase.SHIFTING, ROLLING_BACK)
+
+
+def test_a_stage_applied_late_serves_its_own_initial_delay_from_then() -> None:
+    plan = make_plan(checks=(CheckPolicy(name="health", failure_limit=2, initial_delay=20),))
+    run = at_shifting(plan)
+    run.tick(25)  # stage 1's shift took 25 s
+    run.applied()
+    s = run.measure("health", F)
+    assert s.cutover.check("health").last.counting is False  # type: ignore[union-attr]
+    run.tick(20)
+    s = run.measure("health", P, 0.0)
+    assert s.cutover.check("health").last.counting is True  # type: ignore[union-attr]
+
+
+def test_a_retried_shift_attempt_shows_the_router_error_until_applied() -> None:
+    run = at_shifting()
+    s = run.feed(ShiftAttemptFailed(share=10, router="dns", error="no answer within 2s"))
+    assert s.cutover.router("dns").error == "no answer within 2s"
+    assert (s.cutover.status, s.cutover.phase, s.actions) == (RUNNING, Phase.SHIFTING, ())
+    assert run.applied().cutover.router("dns").error == ""

@@ -107,11 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (
         ("pause", "pause the running cutover"),
         ("resume", "resume a paused cutover"),
-        ("promote", "pass the current stage (a manual gate)"),
+        ("promote", "pass the current stage's hold or approval gate, or end the bake"),
         ("abort", "roll back at once"),
     ):
         a = sub.add_parser(name, help=what)
         a.add_argument("service")
+        if name == "promote":
+            a.add_argument(
+                "--force",
+                action="store_true",
+                help="promote although checks are not passing (the event says forced and who)",
+            )
+        if name == "resume":
+            a.add_argument(
+                "--reapply",
+                action="store_true",
+                help="after a drift pause: write the current stage to every router again",
+            )
 
     u = sub.add_parser("undo", help="within undo_window: all traffic back at once")
     u.add_argument("service")
@@ -161,12 +173,12 @@ class Client:
             ca_file=os.environ.get("CUTOVER_CA"),
         )
 
-    async def call(self, method: str, path: str) -> Any:
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout, headers=self.headers) as session,
-                session.request(method, self.url + path, ssl=self.ssl) as resp,
+                session.request(method, self.url + path, json=body, ssl=self.ssl) as resp,
             ):
                 try:
                     body = await resp.json(content_type=None)
@@ -260,6 +272,10 @@ def render_cutover(c: dict[str, Any]) -> str:
         )
         + f"   hold {c.get('hold_elapsed', 0):.0f}/{stages[idx]['hold']:g}s",
     ]
+    if c.get("bake"):
+        baked = c["bake"] - c.get("bake_left", c["bake"])
+        now = " (baking: checks running, a breach rolls back)" if c["phase"] == "baking" else ""
+        lines.append(f"  bake at 100% {c['to']}: {baked:.0f}/{c['bake']:g}s{now}")
     if c.get("ttl_wait_left"):
         lines.append(
             f"  waiting out the old DNS TTL before stage 1: {c['ttl_wait_left']:.0f}s of "
@@ -306,7 +322,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     n = len(config.services)
     print(f"{args.config}: ok ({n} service{'s' if n != 1 else ''})")
+    for name, spec in config.services.items():
+        if spec.bake:
+            print(f"  {name}: {_bake_line(spec.bake)}")
     return EXIT_OK
+
+
+def _bake_line(bake: float) -> str:
+    return (
+        f"bake {bake:g}s after the last stage: at 100% with every check running, "
+        "a breach rolls back to the old color"
+    )
 
 
 async def _live_color(client: Client, service: str, config: Config) -> tuple[str, str]:
@@ -350,6 +376,8 @@ async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
             if isinstance(router, AddressShare):
                 state += f" (address share {_pct(router.address_share(stage.weight))})"
             print(f"  {name}: {state}")
+    if plan.bake:
+        print(f"then {_bake_line(plan.bake)}; then completed")
     for r in spec.routers:
         if r.ttl is not None:
             print(
@@ -429,8 +457,11 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
 
 async def cmd_action(args: argparse.Namespace, client: Client) -> int:
     c = await _current(client, args.service)
-    after = await client.call("POST", f"/v1/cutovers/{c['id']}/{args.command}")
-    print(f"{args.command}: {after['id']} is now {after['state']}")
+    # the flag that overrides the action's refusal (409 checks_not_passing / drift)
+    flag = {"force": getattr(args, "force", False), "reapply": getattr(args, "reapply", False)}
+    body = {name: True for name, given in flag.items() if given} or None
+    after = await client.call("POST", f"/v1/cutovers/{c['id']}/{args.command}", body)
+    print(f"{args.command}: {after['id']} is now {after['state']} ({after['phase']})")
     return EXIT_OK
 
 

@@ -99,6 +99,14 @@ def _banner(c: dict[str, Any]) -> Panel | None:
     if state == "awaiting_approval":
         hint = Text(f"cutover promote {c['service']}")
         return Panel(hint, title="waiting for approval", title_align="left", border_style="magenta")
+    drifted = [r["name"] for r in c["routers"] if r.get("drift")]
+    if state == "paused" and drifted:
+        hint = Text(
+            f"{', '.join(drifted)} hold(s) what the daemon did not write. "
+            f"`cutover resume {c['service']} --reapply` writes the stage again; "
+            f"`cutover abort {c['service']}` rolls back"
+        )
+        return Panel(hint, title="paused on drift", title_align="left", border_style="yellow")
     return None
 
 
@@ -106,7 +114,8 @@ def _stages(c: dict[str, Any]) -> Table:
     table = Table(box=None, pad_edge=False, show_header=False)
     for column in ("stage", "share", "hold", "bar", "where"):
         table.add_column(column, no_wrap=column != "where")
-    done_all = c["state"] == "completed"
+    # every stage is done once the bake runs after the last one
+    done_all = c["state"] == "completed" or c["phase"] == "baking"
     ending = c["state"] in ("rolling_back", "rolled_back", "failed")
     current_style = "red" if ending else "cyan"
     for i, s in enumerate(c["stages"]):
@@ -136,7 +145,31 @@ def _stages(c: dict[str, Any]) -> Table:
             bar,
             where,
         )
+    if c.get("bake"):
+        table.add_row(*_bake_row(c, current_style))
     return table
+
+
+def _bake_row(c: dict[str, Any], style: str) -> tuple[str, str, str, ProgressBar, Text]:
+    """The bake after the last stage: at 100 % with every check running (and acting)."""
+    bake = float(c["bake"])
+    baked = bake - float(c.get("bake_left", bake))
+    baking = c["phase"] == "baking" and c["state"] in ("running", "paused")
+    if c["state"] == "completed":
+        where = Text("done", style="green")
+    elif baking:
+        paused = " (paused)" if c["state"] == "paused" else ""
+        where = Text(f"baking, {bake - baked:.0f}s left of {_secs(bake)}{paused}", style=style)
+    else:
+        where = Text("pending", style="dim")
+    bar = ProgressBar(
+        total=max(bake, 1e-9),
+        completed=min(baked, bake),
+        width=24,
+        complete_style=style,
+        finished_style="green" if c["state"] == "completed" else style,
+    )
+    return ("▶ bake" if baking else "  bake", "100%", _secs(bake), bar, where)
 
 
 def _current_note(c: dict[str, Any], elapsed: float, hold: float) -> str:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from tests.unit.test_runner import TrackedStore
 
 CONFIG = {
     "services": {
@@ -226,7 +228,7 @@ class Faked:
 
     client: TestClient  # type: ignore[type-arg]
     supervisor: Supervisor
-    store: SqliteStore
+    store: TrackedStore
     clock: FakeClock
     router: FakeRouter
     check: FakeCheck
@@ -236,7 +238,8 @@ class Faked:
         for _ in range(2000):
             if predicate(c):
                 return c
-            await self.clock.advance(0.25, step=0.25)
+            # each step waits for the store's thread: fake time never runs ahead of the runner
+            await self.clock.advance(0.25, step=0.25, settle=self.store.idle.wait)
             c = await self.supervisor.get(cutover_id)
         raise AssertionError(f"never reached: {c}")
 
@@ -246,9 +249,10 @@ class Faked:
         return resp.status, await resp.json()
 
 
-@pytest.fixture
-async def faked(tmp_path: Path) -> AsyncIterator[Faked]:
-    store = SqliteStore(path=str(tmp_path / "state.db"))
+@asynccontextmanager
+async def faked_daemon(tmp_path: Path) -> AsyncIterator[Faked]:
+    """The app serving :data:`GUARDED` over a fake router and check (the CLI tests use it too)."""
+    store = TrackedStore(path=str(tmp_path / "state.db"))
     await store.open()
     clock = FakeClock()
     router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
@@ -273,14 +277,21 @@ async def faked(tmp_path: Path) -> AsyncIterator[Faked]:
         await store.aclose()
 
 
-def _holding(c: Cutover) -> bool:
+@pytest.fixture
+async def faked(tmp_path: Path) -> AsyncIterator[Faked]:
+    async with faked_daemon(tmp_path) as f:
+        yield f
+
+
+def holding(c: Cutover) -> bool:
+    """Holding a stage, every check measured at it."""
     return c.phase is Phase.HOLDING and all(s.latest is not None for s in c.checks)
 
 
 async def test_promote_is_409_checks_not_passing_unless_forced(faked: Faked) -> None:
     async with asyncio.timeout(30):
         c = await faked.supervisor.start_cutover("checkout", actor="alice")
-        await faked.until(c.id, _holding)
+        await faked.until(c.id, holding)
         faked.check.set(Verdict.FAIL, 0.5)  # failure_limit 5: no rollback within this test
         await faked.until(c.id, lambda c: c.checks[0].latest is Verdict.FAIL)
         status, body = await faked.post(f"/v1/cutovers/{c.id}/promote")
@@ -297,7 +308,7 @@ async def test_promote_is_409_checks_not_passing_unless_forced(faked: Faked) -> 
 async def test_promote_of_a_bake_and_the_baking_phase_are_shown(faked: Faked) -> None:
     async with asyncio.timeout(30):
         c = await faked.supervisor.start_cutover("checkout", actor="alice")
-        await faked.until(c.id, _holding)
+        await faked.until(c.id, holding)
         assert (await faked.post(f"/v1/cutovers/{c.id}/promote"))[0] == 200
         await faked.until(c.id, lambda c: c.phase is Phase.BAKING)
         answer = await (await faked.client.get(f"/v1/cutovers/{c.id}")).json()
@@ -311,7 +322,7 @@ async def test_promote_of_a_bake_and_the_baking_phase_are_shown(faked: Faked) ->
 async def test_resume_after_drift_is_409_drift_unless_reapply(faked: Faked) -> None:
     async with asyncio.timeout(30):
         c = await faked.supervisor.start_cutover("checkout", actor="alice")
-        await faked.until(c.id, _holding)
+        await faked.until(c.id, holding)
         faked.router.set_by_hand(0)  # an emergency rollback by hand
         await faked.until(c.id, lambda c: c.status is Status.PAUSED)
         status, body = await faked.post(f"/v1/cutovers/{c.id}/resume")
@@ -323,7 +334,7 @@ async def test_resume_after_drift_is_409_drift_unless_reapply(faked: Faked) -> N
         assert faked.router.state == {"share": "w0"}  # the operator's rollback stands
         status, body = await faked.post(f"/v1/cutovers/{c.id}/resume", json={"reapply": True})
         assert status == 200 and body["state"] == "running"
-        await faked.until(c.id, lambda c: c.phase is Phase.HOLDING)
+        await faked.until(c.id, lambda c: (c.status, c.phase) == (Status.RUNNING, Phase.HOLDING))
         assert faked.router.state == {"share": "w50"}
 
 
@@ -345,7 +356,7 @@ async def test_a_bad_command_body_is_a_json_4xx_and_changes_nothing(
 ) -> None:
     async with asyncio.timeout(30):
         c = await faked.supervisor.start_cutover("checkout", actor="alice")
-        before = await faked.until(c.id, _holding)
+        before = await faked.until(c.id, holding)
         got, answer = await faked.post(f"/v1/cutovers/{c.id}/{action}", data=body)
         assert (got, answer["error"]["code"]) == (status, code)
         after = await faked.supervisor.get(c.id)
@@ -355,7 +366,7 @@ async def test_a_bad_command_body_is_a_json_4xx_and_changes_nothing(
 async def test_an_empty_or_null_body_still_works(faked: Faked) -> None:
     async with asyncio.timeout(30):
         c = await faked.supervisor.start_cutover("checkout", actor="alice")
-        await faked.until(c.id, _holding)
+        await faked.until(c.id, holding)
         assert (await faked.post(f"/v1/cutovers/{c.id}/pause", data=b"null"))[0] == 200
         assert (await faked.post(f"/v1/cutovers/{c.id}/resume", json={}))[0] == 200
         assert (await faked.post(f"/v1/cutovers/{c.id}/promote", data=b""))[0] == 200

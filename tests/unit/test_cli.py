@@ -7,6 +7,7 @@ serves the API; `daemon` and `validate` run as processes, as a user runs them.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import subprocess
@@ -24,11 +25,12 @@ from cutover.api.app import make_app
 from cutover.api.tls import server_ssl_context
 from cutover.cli import main
 from cutover.config import TlsSpec, parse_config, token_sha256
+from cutover.core.model import Phase, Status, Verdict
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
-from tests.unit.test_api import CONFIG
+from tests.unit.test_api import CONFIG, GUARDED, faked_daemon, holding
 from tests.unit.test_auth import OPERATOR, TOKENS, UNKNOWN, VIEWER
 
 
@@ -305,3 +307,83 @@ def test_token_new_prints_a_token_once_and_the_config_line(tmp_path: Path) -> No
 def test_token_new_usage_errors_exit_2(argv: list[str]) -> None:
     run = _cutover(*argv)
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
+
+
+# --- promote --force, resume --reapply, the bake (issue 14) -------------------------------------
+
+
+async def test_promote_is_refused_while_a_check_fails_and_force_passes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with faked_daemon(tmp_path) as d, asyncio.timeout(60):
+        url = str(d.client.make_url("")).rstrip("/")
+        c = await d.supervisor.start_cutover("checkout", actor="alice")
+        await d.until(c.id, holding)
+        d.check.set(Verdict.FAIL, 0.5)
+        await d.until(c.id, lambda c: c.checks[0].latest is Verdict.FAIL)
+        rc, _, err = await _run(monkeypatch, capsys, "promote", "checkout", url=url)
+        assert rc == 1
+        line = _one_line(err)
+        assert line.startswith("conflict: cannot promote: checks not passing at stage 1")
+        assert "health (fail)" in line
+        rc, out, err = await _run(monkeypatch, capsys, "promote", "checkout", "--force", url=url)
+        assert rc == 0, err
+        assert f"promote: {c.id} is now running (shifting)" in out.splitlines()
+        (promoted,) = [e for e in await d.store.events(c.id) if e.kind == "promoted"]
+        assert promoted.data["forced"] is True and promoted.data["not_passing"] == ["health"]
+        assert "forced past checks not passing: health (fail)" in promoted.message
+
+
+async def test_resume_after_drift_is_refused_naming_the_router_and_reapply_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with faked_daemon(tmp_path) as d, asyncio.timeout(60):
+        url = str(d.client.make_url("")).rstrip("/")
+        c = await d.supervisor.start_cutover("checkout", actor="alice")
+        await d.until(c.id, holding)
+        d.router.set_by_hand(0)
+        await d.until(c.id, lambda c: c.status is Status.PAUSED)
+        rc, _, err = await _run(monkeypatch, capsys, "resume", "checkout", url=url)
+        assert rc == 1
+        assert "router edge: the daemon last wrote 50% green, it reads 0% green" in _one_line(err)
+        rc, out, err = await _run(monkeypatch, capsys, "status", "checkout", url=url)
+        assert rc == 0 and "DRIFT" in out
+        rc, out, err = await _run(monkeypatch, capsys, "resume", "checkout", "--reapply", url=url)
+        assert rc == 0, err
+        assert f"resume: {c.id} is now running (shifting)" in out.splitlines()
+        await d.until(c.id, lambda c: (c.status, c.phase) == (Status.RUNNING, Phase.HOLDING))
+        assert d.router.state == {"share": "w50"}
+
+
+async def test_status_shows_the_bake_and_what_is_left_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with faked_daemon(tmp_path) as d, asyncio.timeout(60):
+        url = str(d.client.make_url("")).rstrip("/")
+        c = await d.supervisor.start_cutover("checkout", actor="alice")
+        rc, out, _ = await _run(monkeypatch, capsys, "status", "checkout", url=url)
+        assert rc == 0 and "bake at 100% green: 0/120s\n" in out
+        await d.until(c.id, lambda c: c.phase is Phase.BAKING and (c.bake_elapsed or 0) >= 30)
+        rc, out, _ = await _run(monkeypatch, capsys, "status", "checkout", url=url)
+        assert "phase=baking" in out
+        baked = re.search(r"bake at 100% green: (\d+)/120s \(baking: checks running, a breach", out)
+        assert baked is not None and 30 <= int(baked[1]) < 120, out
+
+
+@pytest.mark.parametrize(
+    "argv", [["promote", "checkout", "--reapply"], ["resume", "checkout", "--force"]]
+)
+def test_a_flag_of_the_other_command_is_a_usage_error(argv: list[str]) -> None:
+    run = _cutover(*argv)
+    assert run.returncode == 2 and "unrecognized arguments" in run.stderr
+
+
+def test_validate_and_plan_show_the_bake(tmp_path: Path) -> None:
+    config = tmp_path / "cutover.yaml"
+    config.write_text(yaml.safe_dump(GUARDED))
+    run = _cutover("validate", "-c", str(config))
+    assert run.returncode == 0, run.stderr
+    assert "checkout: bake 120s after the last stage" in run.stdout
+    run = _cutover("plan", "-c", str(config), "checkout", "--from", "blue")
+    assert run.returncode == 0, run.stderr
+    assert "then bake 120s after the last stage: at 100% with every check running" in run.stdout

@@ -336,3 +336,20 @@ async def test_watch_services_off_a_terminal_prints_only_changes() -> None:
         await watch_services(fetch, console=Console(file=out, width=100), interval=0)
     text = out.getvalue()
     assert text.count("no cutover yet") == 1 and text.count("co-0123456789ab") == 1
+
+
+def test_a_bake_is_a_row_after_the_stages_with_what_is_left() -> None:
+    baking = text_of(cutover(stage=2, phase="baking", bake=600.0, bake_left=450.0))
+    assert "▶ bake 100% 600s" in flat(baking) and "baking, 450s left of 600s" in flat(baking)
+    assert [stage_row(baking, i).split()[-1] for i in (1, 2, 3)] == ["done"] * 3
+    pending = text_of(cutover(bake=600.0, bake_left=600.0))
+    assert "bake 100% 600s" in flat(pending) and "pending" in flat(pending).split("bake")[-1]
+    assert "bake" not in flat(text_of(cutover()))
+
+
+def test_a_drift_pause_says_how_to_resume_or_abort() -> None:
+    c = cutover(state="paused")
+    c["routers"][0]["drift"] = True
+    text = flat(text_of(c))
+    assert "paused on drift" in text
+    assert "cutover resume checkout --reapply" in text and "cutover abort checkout" in text

@@ -77,8 +77,9 @@ async def test_hand_edit_during_a_hold_pauses_by_default(e2e: E2E) -> None:
     assert c["routers"][0]["drift"] is True
     await asyncio.sleep(OBSERVE_EVERY * 1.5)
     assert (await _weights(e2e))["green1"] == 5  # the hand edit stands while paused
-    # the operator looks and resumes: the stage is applied again as planned
-    status, _ = await e2e.api("POST", f"/v1/cutovers/{c['id']}/resume")
+    # the operator looks and resumes with reapply: the stage is applied again as planned
+    # (a plain resume is refused over drift: tests/e2e/test_operator_commands.py)
+    status, _ = await e2e.api("POST", f"/v1/cutovers/{c['id']}/resume", json={"reapply": True})
     assert status == 200
     c = await e2e.wait_for(c["id"], state="running", stage=1, phase="holding", within=10)
     assert (await _weights(e2e))["green1"] != 5

@@ -16,19 +16,24 @@ Validation runs in two passes:
    known ones (never a silent default).
 2. *Meaning*: rules across fields and services (strictly increasing stage weights, unique names,
    placeholders, routers of two services claiming the same backend server or DNS record, holds
-   shorter than a DNS TTL). These run on every section that passed pass 1, even when another
-   section did not, so one run reports as many errors as it can.
+   shorter than a DNS TTL, webhook settings that could never deliver). These run on every
+   router, stage, check and webhook that passed pass 1 on its own, even when a sibling or its
+   service did not: a shape error in one place never hides a rule across fields or services
+   elsewhere (PRODUCT.md, Operator controls), and one run reports every error it can.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import ipaddress
+import os
 import re
 import secrets
 import types
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -41,6 +46,7 @@ from typing import (
     get_args,
     get_origin,
 )
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -51,6 +57,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
 )
 from pydantic_core import ErrorDetails
@@ -64,6 +71,7 @@ from cutover.routers.registry import ROUTER_SPECS
 from cutover.specs import Duration, Spec, render
 
 __all__ = [
+    "NOTIFY_EVENTS",
     "TOKEN_NAME",
     "ApiSpec",
     "CheckSpec",
@@ -87,6 +95,28 @@ SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 #: A token's name is the actor in the event timeline and sits unquoted in a YAML flow mapping.
 TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}$")
 DEFAULT_LISTEN = "127.0.0.1:8480"
+#: The journal event kinds a webhook can be sent, in a cutover's order (PRODUCT.md, Signals
+#: for on-call and Notifications). ``stage_applied`` is the verified stage change (traffic has
+#: moved, not just been asked to); ``drift`` is a router that reads what the daemon did not
+#: write (followed by ``paused`` under ``on_drift: pause``, as after an operator's pause);
+#: ``alarm`` is a pause the daemon decided (a check's inconclusive or error limit, too many
+#: restarts); ``refused`` is a start preflight refused. The others
+#: (``stage_started``, ``rollback_started``, ``promoted``, ``router_unreadable``, …) stay in
+#: the journal and on the status page.
+NOTIFY_EVENTS = (
+    "started",
+    "stage_applied",
+    "approval_needed",
+    "paused",
+    "resumed",
+    "drift",
+    "alarm",
+    "baking",
+    "completed",
+    "rolled_back",
+    "failed",
+    "refused",
+)
 
 
 # --- discriminated unions from the registries ----------------------------------------------
@@ -180,9 +210,28 @@ def _listen(value: Any) -> Any:
     return value
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
+def _webhook_url(value: str) -> str:
+    """An URL aiohttp can POST to; the message never holds the URL (its path or its
+    user:password may be a secret)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
         raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host, e.g. http://127.0.0.1:9000/hook")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("port must be 1..65535") from None
+    if port == 0:
+        raise ValueError("port must be 1..65535")
+    return value
+
+
+def _notify_event(value: str) -> str:
+    if value not in NOTIFY_EVENTS:
+        raise ValueError(f"unknown event kind {value[:40]!r} (known: {', '.join(NOTIFY_EVENTS)})")
     return value
 
 
@@ -225,6 +274,13 @@ class ApiSpec(_Strict):
     listen: Annotated[str, BeforeValidator(_listen)] = DEFAULT_LISTEN
     tokens: list[TokenSpec] = Field(default_factory=list)
     tls: TlsSpec | None = None
+    #: Most API connections open at once; the daemon lowers it to what the open-files limit
+    #: leaves after the engine's reserve (cutover.api.listener).
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    #: A request's line and headers (and a TLS handshake) must arrive within this.
+    header_timeout: Annotated[Duration, Field(gt=0, le=300)] = 10.0
+    #: An idle kept-alive connection is closed after this.
+    keepalive_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 15.0
 
     @property
     def host(self) -> str:
@@ -258,10 +314,14 @@ class NotifySpec(_Strict):
     """A webhook; delivery lives elsewhere. The token comes from a file or the environment."""
 
     type: Literal["webhook"]
-    url: Annotated[str, AfterValidator(_http_url)]
+    url: Annotated[str, AfterValidator(_webhook_url)]
     format: Literal["json", "slack"] = "json"
     token_file: str | None = Field(default=None, min_length=1)
     token_env: str | None = Field(default=None, min_length=1)
+    #: The journal event kinds this webhook is sent; the others only move its cursor.
+    events: list[Annotated[str, AfterValidator(_notify_event)]] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), min_length=1
+    )
 
 
 class StageSpec(_Strict):
@@ -278,6 +338,11 @@ class StageSpec(_Strict):
             approval=self.approval,
             approval_timeout=self.approval_timeout,
         )
+
+
+def _longest_ttl(routers: Iterable[RouterSpecBase]) -> tuple[int, str] | None:
+    ttls = [(r.ttl, r.name) for r in routers if r.ttl is not None]
+    return max(ttls, key=lambda t: t[0]) if ttls else None
 
 
 class ServiceSpec(_Strict):
@@ -297,8 +362,7 @@ class ServiceSpec(_Strict):
     @property
     def dns_ttl(self) -> tuple[int, str] | None:
         """The longest TTL among the DNS routers and that router's name, or ``None``."""
-        ttls = [(r.ttl, r.name) for r in self.routers if r.ttl is not None]
-        return max(ttls, key=lambda t: t[0]) if ttls else None
+        return _longest_ttl(self.routers)
 
     @property
     def default_initial_delay(self) -> float:
@@ -397,8 +461,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{path}: YAML nested too deeply"]) from None
     except ValueError as exc:  # e.g. a date-like scalar PyYAML cannot build: 2024-13-01
         raise ConfigError([f"{path}: YAML value error: {exc}"]) from None
-    config = parse_config(data, source=str(path))
-    return _resolve_paths(config, path.resolve().parent)
+    base = path.resolve().parent
+    return _resolve_paths(parse_config(data, source=str(path), base=base), base)
 
 
 def _yaml_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
@@ -408,12 +472,15 @@ def _yaml_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
     return f"{where}: YAML syntax error: {what or 'cannot parse'}"
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
-    def resolve(p: str) -> str:
-        if p == ":memory:" or p.startswith("file:"):
-            return p  # SQLite's special names are not paths
-        return str(base / Path(p).expanduser())
+def _resolved(p: str, base: Path) -> str:
+    """A path of the config, relative to ``base`` (the config's directory)."""
+    if p == ":memory:" or p.startswith("file:"):
+        return p  # SQLite's special names are not paths
+    return str(base / Path(p).expanduser())
 
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    resolve = functools.partial(_resolved, base=base)
     state = config.state.model_copy(update={"sqlite": resolve(config.state.sqlite)})
     tls = config.api.tls
     if tls is not None:
@@ -440,8 +507,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     )
 
 
-def parse_config(data: object, *, source: str = "<config>") -> Config:
-    """Validate already-parsed YAML/JSON data; raise :class:`ConfigError` listing every error."""
+def parse_config(data: object, *, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate already-parsed YAML/JSON data; raise :class:`ConfigError` listing every error.
+
+    With ``base`` (the config's directory), files the daemon reads at run time (a webhook's
+    token file) are read once here too, so one that cannot work is a config error now, not a
+    delivery that fails forever."""
     if data is None:
         raise ConfigError([f"{source}: the config is empty (it needs at least services:)"])
     if not isinstance(data, dict):
@@ -453,30 +524,28 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     except ValidationError as exc:
         errors.extend(_format(e) for e in exc.errors(include_url=False, include_input=True))
 
-    # Pass 2 on whatever validated, section by section, so one run reports all it can.
+    # Pass 2 on whatever validated, down to single routers, stages, checks and webhooks, so a
+    # shape error in one place never hides a rule across fields or services elsewhere.
     if config is not None:
         api: ApiSpec | None = config.api
-        notify: list[NotifySpec | None] = list(config.notify)
-        services: dict[str, ServiceSpec] = dict(config.services)
+        notify = list(enumerate(config.notify))
+        services = {name: _Parts.of(spec) for name, spec in config.services.items()}
     else:
         api = _try(ApiSpec, data.get("api", {}))
-        raw_notify = data.get("notify")
-        notify = [_try(NotifySpec, n) for n in raw_notify] if isinstance(raw_notify, list) else []
+        notify = _valid_items(_NOTIFY, data.get("notify"))
         raw_services = data.get("services")
         services = {}
         if isinstance(raw_services, dict):
             for name, raw in raw_services.items():
-                spec = _try(ServiceSpec, raw)
-                if spec is not None and isinstance(name, str):
-                    services[name] = spec
+                if isinstance(name, str):
+                    spec = _try(ServiceSpec, raw)
+                    services[name] = _Parts.of(spec) if spec is not None else _Parts.salvage(raw)
 
     if api is not None:
         errors.extend(_api_errors(api))
-    for i, n in enumerate(notify):
-        if n is not None:
-            errors.extend(_notify_errors(i, n))
-    for name, service in services.items():
-        errors.extend(_service_errors(name, service))
+    errors.extend(_notify_errors(notify, base))
+    for name, parts in services.items():
+        errors.extend(_service_errors(name, parts))
     errors.extend(_claim_errors(services))
 
     if errors:
@@ -493,6 +562,60 @@ def _try(model: type[_M], raw: Any) -> _M | None:
         return model.model_validate(raw, strict=True)
     except ValidationError:
         return None
+
+
+_T = TypeVar("_T")
+_ROUTER: TypeAdapter[RouterSpec] = TypeAdapter(RouterSpec)
+_STAGE = TypeAdapter(StageSpec)
+_CHECK: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
+_NOTIFY = TypeAdapter(NotifySpec)
+
+
+def _valid_items(adapter: TypeAdapter[_T], raw: Any) -> list[tuple[int, _T]]:
+    """The items of the list ``raw`` that pass pass 1 on their own, with their indexes."""
+    if not isinstance(raw, list):
+        return []
+    items: list[tuple[int, _T]] = []
+    for i, item in enumerate(raw):
+        try:
+            items.append((i, adapter.validate_python(item, strict=True)))
+        except ValidationError:
+            continue  # pass 1 has reported it
+    return items
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Parts:
+    """A service's routers, stages and checks that passed pass 1, each with its index in the
+    config: the rules across fields and services run on these even when a sibling did not."""
+
+    routers: list[tuple[int, RouterSpecBase]]
+    stages: list[tuple[int, StageSpec]]
+    checks: list[tuple[int, CheckSpecBase]]
+    #: the index of the last stage in the config (-1: none); its weight must be 100
+    last_stage: int
+
+    @classmethod
+    def of(cls, service: ServiceSpec) -> _Parts:
+        return cls(
+            routers=list(enumerate(service.routers)),
+            stages=list(enumerate(service.stages)),
+            checks=list(enumerate(service.checks)),
+            last_stage=len(service.stages) - 1,
+        )
+
+    @classmethod
+    def salvage(cls, raw: Any) -> _Parts:
+        """The valid parts of a service that failed pass 1."""
+        if not isinstance(raw, Mapping):
+            return cls(routers=[], stages=[], checks=[], last_stage=-1)
+        stages = raw.get("stages")
+        return cls(
+            routers=_valid_items(_ROUTER, raw.get("routers")),
+            stages=_valid_items(_STAGE, stages),
+            checks=_valid_items(_CHECK, raw.get("checks")),
+            last_stage=len(stages) - 1 if isinstance(stages, list) else -1,
+        )
 
 
 # --- pass 2: rules across fields -----------------------------------------------------------
@@ -527,14 +650,57 @@ def _api_errors(api: ApiSpec) -> Iterable[str]:
         hashes.setdefault(token.sha256, i)
 
 
-def _notify_errors(i: int, notify: NotifySpec) -> Iterable[str]:
-    if notify.token_file is not None and notify.token_env is not None:
-        yield f"notify[{i}]: give token_file or token_env, not both"
+def _notify_errors(webhooks: list[tuple[int, NotifySpec]], base: Path | None) -> Iterable[str]:
+    """Webhook settings that could never deliver. Messages name places, never the URL (its
+    path or user:password may be a secret) nor a token."""
+    cursors: dict[tuple[str, str], int] = {}
+    for i, hook in webhooks:
+        place = f"notify[{i}]"
+        if hook.token_file is not None and hook.token_env is not None:
+            yield f"{place}: give token_file or token_env, not both"
+        parts = urlsplit(hook.url)
+        if (hook.token_file or hook.token_env) and (parts.username or parts.password):
+            # aiohttp turns URL credentials into its own Authorization header: with the
+            # token's as well every POST would be refused before it is sent
+            yield (
+                f"{place}.url: carries user:password credentials and a token is given; "
+                "authenticate with one of them"
+            )
+        first = cursors.setdefault((hook.format, hook.url), i)
+        if first != i:  # one delivery cursor: two lanes would move it under each other
+            yield (
+                f"{place}.url: the same url and format as notify[{first}]; "
+                "list the events of both in one webhook's events:"
+            )
+        seen: dict[str, int] = {}
+        for k, kind in enumerate(hook.events):
+            if kind in seen:
+                yield f"{place}.events[{k}]: {kind!r} is listed twice (also events[{seen[kind]}])"
+            seen.setdefault(kind, k)
+        if base is not None:
+            yield from _token_errors(place, hook, base)
 
 
-def _duplicates(place: str, kind: str, names: list[str]) -> Iterable[str]:
+def _token_errors(place: str, hook: NotifySpec, base: Path) -> Iterable[str]:
+    """A token the daemon reads at each delivery cycle, read once now."""
+    if hook.token_file is not None:
+        path = _resolved(hook.token_file, base)
+        try:
+            token = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            yield f"{place}.token_file: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        except UnicodeDecodeError:
+            yield f"{place}.token_file: {path} is not UTF-8 text"
+        else:
+            if not token.strip():
+                yield f"{place}.token_file: {path} is empty"
+    elif hook.token_env is not None and not os.environ.get(hook.token_env, "").strip():
+        yield f"{place}.token_env: ${hook.token_env} is not set or empty"
+
+
+def _duplicates(place: str, kind: str, names: list[tuple[int, str]]) -> Iterable[str]:
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
+    for i, name in names:
         if name in seen:
             yield (
                 f"{place}[{i}].name: duplicate {kind} name {name!r} "
@@ -543,27 +709,30 @@ def _duplicates(place: str, kind: str, names: list[str]) -> Iterable[str]:
         seen.setdefault(name, i)
 
 
-def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
+def _service_errors(name: str, service: _Parts) -> Iterable[str]:
     place = f"services.{shown_key(name)}"
-    yield from _duplicates(f"{place}.routers", "router", [r.name for r in service.routers])
-    yield from _duplicates(f"{place}.checks", "check", [c.name for c in service.checks])
+    yield from _duplicates(f"{place}.routers", "router", [(i, r.name) for i, r in service.routers])
+    yield from _duplicates(f"{place}.checks", "check", [(i, c.name) for i, c in service.checks])
 
-    stages = service.stages
-    for i, stage in enumerate(stages):
-        if i > 0 and stage.weight <= stages[i - 1].weight:
+    previous: tuple[int, StageSpec] | None = None
+    for i, stage in service.stages:
+        # compared with the stage before it only when that one is valid: an invalid one in
+        # between has its own error, and a comparison across it would name the wrong stage
+        if previous is not None and previous[0] == i - 1 and stage.weight <= previous[1].weight:
             yield (
                 f"{place}.stages[{i}].weight: must be greater than the previous stage's "
-                f"{stages[i - 1].weight}"
+                f"{previous[1].weight}"
             )
         if stage.approval_timeout is not None and not stage.approval:
             yield f"{place}.stages[{i}].approval_timeout: only meaningful with approval: true"
-    if stages and stages[-1].weight != 100:
-        yield f"{place}.stages[{len(stages) - 1}].weight: the last stage must be 100"
+        if i == service.last_stage and stage.weight != 100:
+            yield f"{place}.stages[{i}].weight: the last stage must be 100"
+        previous = (i, stage)
 
-    longest = service.dns_ttl
+    longest = _longest_ttl(r for _, r in service.routers)
     if longest is not None:
         ttl, router = longest
-        for i, stage in enumerate(stages):
+        for i, stage in service.stages:
             if stage.hold < ttl and not stage.allow_hold_below_ttl:
                 yield (
                     f"{place}.stages[{i}].hold: {_seconds(stage.hold)} is shorter than the TTL "
@@ -571,7 +740,7 @@ def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
                     "(set allow_hold_below_ttl: true to allow)"
                 )
 
-    for i, check in enumerate(service.checks):
+    for i, check in service.checks:
         values = {k: k for k in (*CHECK_PLACEHOLDERS, *check.extra_placeholders)}
         for field, template in check.template_fields().items():
             try:
@@ -580,13 +749,13 @@ def _service_errors(name: str, service: ServiceSpec) -> Iterable[str]:
                 yield f"{place}.checks[{i}].{field}: {exc}"
 
 
-def _claim_errors(services: Mapping[str, ServiceSpec]) -> Iterable[str]:
+def _claim_errors(services: Mapping[str, _Parts]) -> Iterable[str]:
     """Two routers (of two services, or twice in one) may not drive the same thing
     (PRODUCT.md: an HAProxy backend server or a DNS record); one error per pair of places."""
     owner: dict[str, str] = {}
     shared: dict[tuple[str, str], list[str]] = {}
     for name, service in services.items():
-        for i, router in enumerate(service.routers):
+        for i, router in service.routers:
             here = f"services.{shown_key(name)}.routers[{i}]"
             try:
                 claims = router.claims()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -11,9 +13,11 @@ import pytest
 import yaml
 
 from cutover.config import (
+    NOTIFY_EVENTS,
     Config,
     ServiceSpec,
     StageSpec,
+    _Parts,
     _service_errors,
     load_config,
     parse_config,
@@ -449,6 +453,62 @@ CASES: list[tuple[str, Mutation, str]] = [
         "notify[0]: give token_file or token_env, not both",
     ),
     (
+        "notify url without a host",
+        _set("notify.0.url", "http:///hook"),
+        "notify[0].url: must name a host, e.g. http://127.0.0.1:9000/hook",
+    ),
+    (
+        "notify url bad port",
+        _set("notify.0.url", "http://127.0.0.1:99999/hook"),
+        "notify[0].url: port must be 1..65535",
+    ),
+    (
+        "notify url with a space",
+        _set("notify.0.url", "http://127.0.0.1:9000/a hook"),
+        "notify[0].url: must not contain spaces or control characters",
+    ),
+    (
+        "notify url ftp",
+        _set("notify.0.url", "ftp://127.0.0.1/hook"),
+        "notify[0].url: must be an http:// or https:// URL",
+    ),
+    (
+        "notify url password and a token",
+        lambda d: d["notify"][0].update(
+            url="https://bot:hunter5@hooks.example.com/x", token_env="HOME"
+        ),
+        "notify[0].url: carries user:password credentials and a token is given; "
+        "authenticate with one of them",
+    ),
+    (
+        "notify same url twice",
+        lambda d: d["notify"].append({"type": "webhook", "url": "http://127.0.0.1:9000/hook"}),
+        "notify[1].url: the same url and format as notify[0]; "
+        "list the events of both in one webhook's events:",
+    ),
+    (
+        "notify unknown event kind",
+        _set("notify.0.events", ["rolled_back", "rollback"]),
+        "notify[0].events[1]: unknown event kind 'rollback' (known: started, stage_applied, "
+        "approval_needed, paused, resumed, drift, alarm, baking, completed, rolled_back, "
+        "failed, refused)",
+    ),
+    (
+        "notify no events",
+        _set("notify.0.events", []),
+        "notify[0].events: must not be empty",
+    ),
+    (
+        "notify events not a list",
+        _set("notify.0.events", "rolled_back"),
+        "notify[0].events: must be a list, not a string",
+    ),
+    (
+        "notify event listed twice",
+        _set("notify.0.events", ["failed", "rolled_back", "failed"]),
+        "notify[0].events[2]: 'failed' is listed twice (also events[0])",
+    ),
+    (
         "server in both colors",
         _set("services.checkout.routers.0.green", ["blue1"]),
         "services.checkout.routers[0]: server(s) in both blue and green: blue1",
@@ -616,6 +676,7 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
     data = valid()
     data["state"]["sqlite"] = "state/c.db"
     data["notify"][0]["token_file"] = "hook.token"
+    (tmp_path / "etc" / "hook.token").write_text("hook-token\n")
     path.write_text(yaml.safe_dump(data))
     config = load_config(path)
     assert config.state.sqlite == str(tmp_path / "etc" / "state" / "c.db")
@@ -675,7 +736,7 @@ def test_hold_shorter_than_dns_ttl() -> None:
         StageSpec(weight=50, hold=10, allow_hold_below_ttl=True),
         StageSpec(weight=100, hold=30),
     )
-    assert list(_service_errors("x", svc)) == [
+    assert list(_service_errors("x", _Parts.of(svc))) == [
         "services.x.stages[0].hold: 10s is shorter than the TTL 30s of DNS router 'dns' "
         "(set allow_hold_below_ttl: true to allow)"
     ]
@@ -696,3 +757,180 @@ def test_tls_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
     tls = load_config(path).api.tls
     assert tls is not None
     assert (tls.cert_file, tls.key_file) == (str(tmp_path / "tls/api.crt"), "/etc/cutover/api.key")
+
+
+# --- config errors all at once (PRODUCT.md, Operator controls) -------------------------------
+
+
+def _dns_router(name: str, record: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "rfc2136",
+        "server": "127.0.0.1:53",
+        "zone": "example.com.",
+        "record": record,
+        "ttl": 30,
+        "tsig": {"name": "cutover-key.", "secret_env": "CUTOVER_TSIG_SECRET"},
+        "blue": ["192.0.2.10"],
+        "green": ["198.51.100.10"],
+    }
+
+
+def _all_at_once() -> tuple[dict[str, Any], list[str]]:
+    """A config with a shape error in checkout and, elsewhere, errors only pass 2 can see;
+    with every error it must report."""
+    data = valid()
+    checkout = data["services"]["checkout"]
+    checkout["routers"].append(_dns_router("dns", "checkout.example.com."))
+    checkout["stages"][1]["weight"] = "25"  # shape: a string
+    checkout["stages"][0]["hold"] = "10s"  # cross-field: below the DNS TTL, in the same service
+    checkout["checks"][0]["interval"] = -1  # shape, in a check
+    search = copy.deepcopy(valid()["services"]["checkout"])
+    search["routers"][0].update(green=["green2", "green9"])  # shares checkout's green2
+    search["stages"][3]["weight"] = 90  # cross-field in a valid service
+    payments = copy.deepcopy(valid()["services"]["checkout"])
+    payments["routers"] = [_dns_router("gslb", "checkout.example.com.")]  # checkout's record
+    payments["stages"] = [{"weight": 50, "hold": "1m"}, {"weight": 100, "hold": "5s"}]
+    data["services"].update(search=search, payments=payments)
+    data["notify"].append({"type": "webhook", "url": "http://127.0.0.1:9001/", "events": ["x"]})
+    return data, [
+        "services.checkout.stages[1].weight: must be an integer, not a string",
+        "services.checkout.checks[0].interval: ",
+        "services.checkout.stages[0].hold: 10s is shorter than the TTL 30s of DNS router 'dns'",
+        "services.search.routers[0]: shares ",
+        "services.search.stages[3].weight: the last stage must be 100",
+        "services.payments.routers[0]: shares ",
+        "services.payments.stages[1].hold: 5s is shorter than the TTL 30s of DNS router 'gslb'",
+        "notify[1].events[0]: unknown event kind 'x'",
+    ]
+
+
+def test_a_shape_error_hides_no_cross_field_or_cross_service_error() -> None:
+    data, expected = _all_at_once()
+    errors = errors_of(data)
+    for want in expected:
+        assert any(e.startswith(want) for e in errors), (want, errors)
+    shared = {e.split(":", 1)[0]: e for e in errors if ": shares " in e}
+    assert (
+        "checkout/green2 with services.checkout.routers[0];" in shared["services.search.routers[0]"]
+    )
+    assert "with services.checkout.routers[1];" in shared["services.payments.routers[0]"]
+    assert len(errors) == len(expected), errors  # each once, nothing invented
+
+
+def test_cutover_validate_prints_every_error_in_one_run(tmp_path: Path) -> None:
+    data, expected = _all_at_once()
+    path = tmp_path / "cutover.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run(
+        [sys.executable, "-m", "cutover", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    for want in expected:
+        assert want in run.stderr, (want, run.stderr)
+
+
+def test_rules_run_on_the_valid_parts_of_a_broken_service() -> None:
+    data = valid()
+    checkout = data["services"]["checkout"]
+    checkout["live"] = "purple"  # shape error at the service level
+    checkout["stages"][2]["weight"] = 5  # not above stage 1
+    checkout["checks"][1]["name"] = "new-health"  # a duplicate check name
+    checkout["checks"][1]["url"] = "http://{{newest}}/healthz"  # an unknown placeholder
+    errors = errors_of(data)
+    for want in (
+        "services.checkout.live: must be one of 'blue' or 'green'",
+        "services.checkout.stages[2].weight: must be greater than the previous stage's 25",
+        "services.checkout.checks[1].name: duplicate check name 'new-health' (also checks[0])",
+        "services.checkout.checks[1].url: ",
+    ):
+        assert any(e.startswith(want) for e in errors), (want, errors)
+
+
+def test_an_invalid_stage_is_not_the_previous_one_of_the_next() -> None:
+    data = valid()
+    data["services"]["checkout"]["stages"][1]["weight"] = 0
+    errors = errors_of(data)
+    # stage 2 (50) is compared with nothing: its neighbour has its own error
+    assert errors == ["services.checkout.stages[1].weight: must be 1..100"]
+
+
+# --- webhooks: what cannot work is refused at load --------------------------------------------
+
+
+def test_webhook_events_default_to_every_notifiable_kind() -> None:
+    config = parse_config(valid())
+    assert config.notify[0].events == list(NOTIFY_EVENTS)
+    data = valid()
+    data["notify"][0]["events"] = ["rolled_back", "failed"]
+    assert parse_config(data).notify[0].events == ["rolled_back", "failed"]
+
+
+def test_webhook_url_credentials_are_never_echoed() -> None:
+    data = valid()
+    data["notify"][0].update(url="https://bot:hunter6@hooks.example.com/T0/x", token_env="HOME")
+    data["notify"].append({"type": "webhook", "url": "https://bot:hunter7@h.example.com/ a"})
+    text = "\n".join(errors_of(data))
+    assert "notify[0].url: carries user:password" in text
+    assert "notify[1].url: must not contain spaces" in text
+    assert "hunter" not in text and "T0" not in text
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "cutover.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (None, "notify[0].token_file: cannot read {dir}/hook.token: No such file or directory"),
+        ("  \n", "notify[0].token_file: {dir}/hook.token is empty"),
+        (b"\xff\xfe", "notify[0].token_file: {dir}/hook.token is not UTF-8 text"),
+    ],
+    ids=["missing", "empty", "not-utf8"],
+)
+def test_webhook_token_file_that_cannot_be_read_is_a_config_error(
+    tmp_path: Path, token: str | bytes | None, expected: str
+) -> None:
+    data = valid()
+    data["notify"][0]["token_file"] = "hook.token"
+    if isinstance(token, str):
+        (tmp_path / "hook.token").write_text(token)
+    elif token is not None:
+        (tmp_path / "hook.token").write_bytes(token)
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert info.value.errors == [expected.format(dir=tmp_path)]
+
+
+def test_webhook_token_env_unset_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = valid()
+    data["notify"][0]["token_env"] = "CUTOVER_TEST_HOOK_TOKEN"
+    path = _write(tmp_path, data)
+    monkeypatch.delenv("CUTOVER_TEST_HOOK_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        "notify[0].token_env: $CUTOVER_TEST_HOOK_TOKEN is not set or empty"
+    ]
+    monkeypatch.setenv("CUTOVER_TEST_HOOK_TOKEN", "hook-secret")
+    assert load_config(path).notify[0].token_env == "CUTOVER_TEST_HOOK_TOKEN"
+
+
+def test_webhook_token_errors_come_with_the_others(tmp_path: Path) -> None:
+    data, expected = _all_at_once()
+    data["notify"][0]["token_file"] = "missing.token"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    errors = info.value.errors
+    assert f"notify[0].token_file: cannot read {tmp_path}/missing.token: " in "\n".join(errors)
+    assert len(errors) == len(expected) + 1, errors

@@ -370,3 +370,28 @@ async def test_an_empty_or_null_body_still_works(faked: Faked) -> None:
         assert (await faked.post(f"/v1/cutovers/{c.id}/pause", data=b"null"))[0] == 200
         assert (await faked.post(f"/v1/cutovers/{c.id}/resume", json={}))[0] == 200
         assert (await faked.post(f"/v1/cutovers/{c.id}/promote", data=b""))[0] == 200
+
+
+async def test_a_bake_ends_by_itself_after_its_monitored_time(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, holding)
+        assert (await faked.post(f"/v1/cutovers/{c.id}/promote"))[0] == 200
+        await faked.until(c.id, lambda c: c.phase is Phase.BAKING)
+        began = faked.clock.monotonic()
+        done = await faked.until(c.id, lambda c: c.status is Status.COMPLETED)
+        # a wake at the bake's deadline: not a tick sooner, and not a check interval later
+        assert 120 <= faked.clock.monotonic() - began <= 121
+        assert done.bake_elapsed is not None and done.bake_elapsed >= 120
+
+
+async def test_a_breach_during_the_bake_rolls_back(faked: Faked) -> None:
+    async with asyncio.timeout(30):
+        c = await faked.supervisor.start_cutover("checkout", actor="alice")
+        await faked.until(c.id, holding)
+        assert (await faked.post(f"/v1/cutovers/{c.id}/promote"))[0] == 200
+        await faked.until(c.id, lambda c: c.phase is Phase.BAKING and c.bake_elapsed)
+        faked.check.set(Verdict.FAIL, 0.9)
+        done = await faked.until(c.id, lambda c: c.status is Status.ROLLED_BACK)
+        assert done.reason is not None and done.reason.startswith("check health failed")
+        assert faked.router.state == {"share": "maint"}  # evacuated: 0 % new

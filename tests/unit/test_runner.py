@@ -40,8 +40,9 @@ from cutover.core.model import (
 )
 from cutover.engine.runner import PERSIST_EVERY, Runner
 from cutover.errors import ConflictError, PermanentError, StoreError, TransientError
+from cutover.routers.base import Reading
 from cutover.store.sqlite import SqliteStore
-from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from cutover.testing import FakeCheck, FakeClock, FakeRouter, RouterCall
 
 #: Real seconds any one test may take before it fails as hung.
 GUARD = 3.0
@@ -950,3 +951,176 @@ async def test_checks_are_told_the_share_and_the_baseline_survives_a_restart(
         await s.holding(2)
         await s.run_for(1.5)
         assert fresh.contexts[-1].share == 100
+
+
+# --- engine safety (issue 14: items 1, 12, 13, and router errors visible at once) ---------------
+
+
+class FrozenServer(FakeRouter):
+    """A DNS server SIGSTOPped at the stage boundary: it freezes when the forward write arrives
+    (``freeze_on_write``), and then every call waits until :meth:`thaw`. A write sent while it
+    is frozen lands when it thaws even if its sender gave up (it sat in the server's socket
+    buffer); a forward one lands ``late`` seconds after the thaw, after the rollback's first
+    write and read: the worst order the server may pick."""
+
+    def __init__(self, name: str, clock: FakeClock, *, late: float) -> None:
+        super().__init__(name, share=0)
+        self._clock = clock
+        self._running = asyncio.Event()
+        self._running.set()
+        self._queued: list[tuple[int, bool]] = []
+        self.late = late
+        self.freeze_on_write = False
+        self.landed: list[tuple[float, int, bool]] = []  # (monotonic time, share, evacuate)
+
+    def thaw(self) -> None:
+        for share, evacuate in self._queued:
+            if evacuate:
+                self._land(share, evacuate)
+            else:
+                self._clock.call_later(self.late, self._land, share, evacuate)
+        self._queued.clear()
+        self._running.set()
+
+    def _land(self, share: int, evacuate: bool) -> None:
+        self.state = dict(self.expected(share, evacuate=evacuate))
+        self.landed.append((self._clock.monotonic(), share, evacuate))
+
+    async def apply(self, share: int, *, evacuate: bool = False) -> None:
+        self.calls.append(RouterCall(op="apply", share=share, evacuate=evacuate))
+        if self.freeze_on_write and not evacuate:
+            self._running.clear()
+        if not self._running.is_set():
+            self._queued.append((share, evacuate))
+            await self._running.wait()
+            return
+        self._land(share, evacuate)
+
+    async def observe(self) -> Reading:
+        await self._running.wait()
+        return await super().observe()
+
+
+async def test_a_failing_new_color_is_rolled_back_while_a_shift_hangs_on_a_frozen_router(
+    scenario: MakeScenario,
+) -> None:
+    # was: initial_delay counted from a stage time that did not advance while shifting, and a
+    # forward write queued behind a frozen server landed after the rollback
+    async with asyncio.timeout(GUARD):
+        plan = make_plan(apply_timeout=60.0, rollback_timeout=30.0)
+        s = await scenario(plan, start=False)
+        dns = FrozenServer("dns", s.clock, late=0.6)
+        s.routers["dns"] = dns
+        await s.start()
+        await s.holding(0)
+        dns.freeze_on_write = True
+        await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
+        await s.run_for(1)
+        assert s.routers["edge"].state == {"share": "w50"}  # HAProxy carries stage 2 already
+        assert dns.applied == [10, 50] and dns.state == {"share": "w10"}
+
+        # the new color fails while the shift hangs: counted at once, rolled back
+        s.checks["health"].set(Verdict.FAIL)
+        took = await s.clock.advance_until(
+            lambda: s.routers["edge"].state == ALL_OLD, within=10, step=STEP, settle=s.settle
+        )
+        assert took <= 2 * 1.0 + 1.0  # failure_limit x interval + 1 s
+        assert s.c.status is ROLLING_BACK and "health" in (s.c.reason or "")
+        forward = (s.routers["edge"].applied, list(dns.applied))
+
+        # the server runs again: the stale forward write lands after the rollback's first
+        # write and read; the rollback ends verified after it, and nothing lands later
+        await s.run_for(12)
+        dns.thaw()
+        thawed = s.clock.monotonic()
+        await s.until(lambda c: c.status is ROLLED_BACK, within=10)
+        done = s.clock.monotonic()
+        (stale,) = [t for t, share, _ in dns.landed if share == 50]
+        assert thawed < stale < done
+        assert done - thawed <= 0.6 + 1.0 + 2.0  # the stale write, one settle, one retry
+        assert dns.state == ALL_OLD and s.routers["edge"].state == ALL_OLD
+        await s.run_for(5)
+        assert dns.state == ALL_OLD
+        # no forward write was sent after the rollback decision
+        assert (s.routers["edge"].applied, dns.applied) == forward
+        assert [e.kind for e in await s.journal()].count("stage_applied") == 1
+
+
+async def test_a_restart_over_one_drifted_router_moves_no_router_toward_new(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        edge, dns = s.routers["edge"], s.routers["dns"]
+        edge.hang(ops=("apply",))
+        dns.hang(ops=("apply",))
+        await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
+        await s.stop()  # killed while the stage change to 50 % is written, not applied
+        edge.clear()
+        dns.clear()
+        edge.set_by_hand(0)  # the operator's emergency rollback of one router
+        writes = len(dns.applied)
+        await s.start(restarted=True)
+        await s.until(lambda c: c.status is PAUSED, within=5)
+        await s.run_for(5)
+        assert s.c.router("edge").drift and not s.c.router("dns").drift
+        assert dns.state == {"share": "w10"} and len(dns.applied) == writes
+        assert edge.state == {"share": "w0"}
+
+
+async def test_a_router_back_during_failed_is_rolled_back_within_a_second(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        edge = s.routers["edge"]
+        edge.fail(TransientError, "router edge: connection refused", times=None,
+                  ops=("apply", "observe"))  # fmt: skip
+        await s.command("abort")
+        await s.until(lambda c: c.status is FAILED, within=10)
+        await s.run_for(20.05)  # the backoff between attempts is at its longest step now
+        edge.clear()
+        edge.set_by_hand(10)  # restarted at its config weights
+        took = await s.clock.advance_until(
+            lambda: edge.state == ALL_OLD, within=10, step=0.05, settle=s.settle
+        )
+        assert took <= 1.0
+        await s.until(lambda c: c.status is ROLLED_BACK, within=2)
+
+
+async def test_a_router_that_answers_but_keeps_refusing_the_rollback_backs_off(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        edge = s.routers["edge"]
+        edge.fail(PermanentError, "router edge: no such server", times=None, ops=("apply",))
+        await s.command("abort")
+        tries = edge.evacuations
+        await s.run_for(30)
+        # backoff 0.1 s doubling up to 5 s: about 11 tries in 30 s, not one per probe interval
+        assert 5 <= edge.evacuations - tries <= 12
+        assert s.c.status is FAILED
+
+
+async def test_every_failed_try_of_a_shift_shows_the_router_error_at_once(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        s = await scenario()
+        await s.holding(0)
+        s.routers["dns"].fail(TransientError, "router dns: SERVFAIL", times=None)
+        with structlog.testing.capture_logs() as logs:
+            await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
+            await s.run_for(1)
+        assert s.c.status is RUNNING and s.c.phase is Phase.SHIFTING
+        assert s.c.router("dns").error == "router dns: SERVFAIL"  # long before apply_timeout
+        warned = [ln for ln in logs if ln["event"] == "shift not applied yet, retrying"]
+        assert len(warned) >= 3 and all(ln["log_level"] == "warning" for ln in warned)
+        assert {ln["router"] for ln in warned} == {"dns"}
+        s.routers["dns"].clear()
+        await s.holding(1)
+        assert s.c.router("dns").error == ""

@@ -3,11 +3,12 @@ the semantics of apply-then-observe: the same outcomes, errors and timed operati
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from cutover.engine.actuation import rollback_once, shift
-from cutover.errors import PermanentError
+from cutover.engine.actuation import RouterOutcome, rollback_once, shift
+from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import AppliesAndObserves, Reading, one_round_trip
 from cutover.testing import FakeClock, FakeRouter
 
@@ -98,3 +99,56 @@ async def test_forward_shift_error_in_the_one_call_fails_as_after_apply() -> Non
         clock=FakeClock(),
     )
     assert (outcome.result, outcome.error) == ("failed", "router edge: static LB algorithm")
+
+
+async def _shift_on_fake_time(
+    routers: dict[str, FakeRouter], share: int, *, written: int, apply_timeout: float = 5.0
+) -> tuple[list[RouterOutcome], set[str], list[tuple[str, str]]]:
+    """Run ``shift`` on a fake clock advanced until it ends: its outcomes, the unsettled
+    routers and every retried failure it reported."""
+    clock, unsettled, retried = FakeClock(), set[str](), list[tuple[str, str]]()
+    task = asyncio.create_task(
+        shift(
+            routers,
+            share,
+            written_states={name: {"share": f"w{written}"} for name in routers},
+            force=False,
+            apply_timeout=apply_timeout,
+            clock=clock,
+            on_retry=lambda router, error: retried.append((router, error)),
+            unsettled=unsettled,
+        )
+    )
+    await clock.advance_until(task.done, within=apply_timeout + 5)
+    return task.result(), unsettled, retried
+
+
+async def test_one_drifted_router_holds_every_router_of_the_shift() -> None:
+    edge, dns = FakeRouter("edge", share=10), FakeRouter("dns", share=10)
+    edge.set_by_hand(0)  # an operator's emergency rollback of one router
+    outcomes, _, _ = await _shift_on_fake_time({"edge": edge, "dns": dns}, 50, written=10)
+    assert [(o.router, o.result) for o in outcomes] == [("edge", "drift"), ("dns", "held")]
+    assert edge.applied == dns.applied == []
+    assert dns.state == {"share": "w10"}
+
+
+async def test_an_unreadable_router_holds_the_others_and_each_failed_try_is_reported() -> None:
+    edge, dns = FakeRouter("edge", share=10), FakeRouter("dns", share=10)
+    dns.fail(TransientError, "router dns: no answer", times=None, ops=("observe",))
+    outcomes, _, retried = await _shift_on_fake_time({"edge": edge, "dns": dns}, 50, written=10)
+    assert [(o.router, o.result) for o in outcomes] == [("edge", "held"), ("dns", "failed")]
+    assert edge.applied == []
+    assert len(retried) >= 3 and set(retried) == {("dns", "router dns: no answer")}
+
+
+async def test_a_write_never_answered_leaves_its_router_unsettled() -> None:
+    edge, dns = FakeRouter("edge", share=10), FakeRouter("dns", share=10)
+    dns.hang(ops=("apply",))  # a frozen server: the write is sent, no answer comes
+    outcomes, unsettled, _ = await _shift_on_fake_time(
+        {"edge": edge, "dns": dns}, 50, written=10, apply_timeout=2.0
+    )
+    assert [(o.router, o.result) for o in outcomes] == [("edge", "applied"), ("dns", "failed")]
+    assert unsettled == {"dns"}  # its write may still land: a rollback verifies it again
+    dns.clear()
+    outcomes, unsettled, _ = await _shift_on_fake_time({"dns": dns}, 50, written=10)
+    assert [o.result for o in outcomes] == ["applied"] and unsettled == set()

@@ -16,6 +16,9 @@ Shape, and why:
   counts ``cutover_webhook_failures_total`` and pauses with exponential backoff before the
   next one (new events do not cut the pause short). Events of one webhook go out in journal
   order, cutover by cutover, so a receiver never sees ``rolled_back`` before its ``started``.
+* **Each webhook its kinds.** A webhook is sent the kinds its ``events:`` lists (by default
+  every kind in :data:`~cutover.notify.payload.NOTIFIED`); the others only move its cursor,
+  so a filter never holds delivery up, and a lane is woken only by a kind it is sent.
 * Delivery trouble is *not* written to the journal, which stays about cutovers only: it shows
   in the metric and the log.
 """
@@ -32,7 +35,7 @@ import structlog
 from cutover.config import NotifySpec
 from cutover.core.model import Cutover, Event
 from cutover.errors import StoreError
-from cutover.notify.payload import NOTIFIED, event_id, payload
+from cutover.notify.payload import event_id, payload
 from cutover.notify.webhook import DeliveryError, RetryPolicy, Webhook
 from cutover.observability.metrics import Metrics
 from cutover.store.base import StateStore
@@ -44,10 +47,11 @@ BATCH = 100
 
 
 class _Lane:
-    """One webhook's delivery task and its wake-up flag."""
+    """One webhook's delivery task, its wake-up flag and the event kinds it is sent."""
 
     def __init__(self, webhook: Webhook) -> None:
         self.webhook = webhook
+        self.events = frozenset(webhook.spec.events)
         self.wake = asyncio.Event()
         self.wake.set()  # at start: resend whatever the last run left unacknowledged
         self.task: asyncio.Task[None] | None = None
@@ -111,8 +115,9 @@ class Notifier:
 
     async def wake(self, cutover: Cutover, events: list[Event]) -> None:
         """The Supervisor listener: new events were persisted. Never blocks."""
-        if any(e.kind in NOTIFIED for e in events):
-            for lane in self._lanes:
+        kinds = {e.kind for e in events}
+        for lane in self._lanes:
+            if kinds & lane.events:
                 lane.wake.set()
 
     # --- delivery ------------------------------------------------------------------------------
@@ -122,19 +127,20 @@ class Notifier:
         while True:
             await lane.wake.wait()
             lane.wake.clear()
-            if await self._drain(lane.webhook):
+            if await self._drain(lane):
                 pause = self._policy.pause
                 continue
             lane.wake.set()  # still owed: the next cycle needs no new event
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._policy.pause_max)
 
-    async def _drain(self, hook: Webhook) -> bool:
+    async def _drain(self, lane: _Lane) -> bool:
         """Send everything past the cursors; False when a cycle ended on a failure."""
+        hook = lane.webhook
         try:
             while True:
                 pending = await self._store.undelivered(hook.key, BATCH)
-                if not await self._send(hook, pending):
+                if not await self._send(lane, pending):
                     return False
                 if len(pending) < BATCH:
                     return True
@@ -155,14 +161,16 @@ class Notifier:
             )
             return False
 
-    async def _send(self, hook: Webhook, pending: list[tuple[str, Event]]) -> bool:
-        """Send ``pending`` in order; kinds not sent only move the cursor. Each delivery is
-        acknowledged at once, so a stop or a crash resends nothing that was acknowledged."""
+    async def _send(self, lane: _Lane, pending: list[tuple[str, Event]]) -> bool:
+        """Send ``pending`` in order; kinds this webhook is not sent only move the cursor.
+        Each delivery is acknowledged at once, so a stop or a crash resends nothing that was
+        acknowledged."""
+        hook = lane.webhook
         records: dict[str, Cutover] = {}
         moved: dict[str, int] = {}
         for cutover_id, e in pending:
             moved[cutover_id] = e.seq
-            if e.kind not in NOTIFIED:
+            if e.kind not in lane.events:
                 continue
             if not await self._deliver(hook, cutover_id, e, records):
                 moved[cutover_id] = e.seq - 1  # everything before it is done

@@ -11,31 +11,38 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from cutover.config import NOTIFY_EVENTS
 from cutover.core.model import Cutover, Event
 
 __all__ = ["NOTIFIED", "Format", "body", "event_id", "payload", "text"]
 
 Format = Literal["json", "slack"]
 
-#: Journal event kinds sent (PRODUCT.md, Signals for on-call): start, stage change (the
-#: verified ``stage_applied``: traffic has moved, not just been asked to), approval needed,
-#: completed, rolled back, failed. Other kinds stay in the journal and the status page.
-NOTIFIED = frozenset(
-    {"started", "stage_applied", "approval_needed", "completed", "rolled_back", "failed"}
-)
+#: Journal event kinds a webhook can be sent (each webhook's ``events:``, by default all of
+#: them; see :data:`cutover.config.NOTIFY_EVENTS`). Other kinds stay in the journal and the
+#: status page.
+NOTIFIED = frozenset(NOTIFY_EVENTS)
 
-#: Kinds whose stage is the record's: it no longer moves once they happened.
-_STAGE_OF_RECORD = frozenset({"completed", "rolled_back", "failed"})
-#: The new color's share after these kinds (``failed``: not verified, so unknown).
-_SHARE_AFTER = {"started": 0, "completed": 100, "rolled_back": 0}
+#: Kinds whose stage is the record's: it no longer moves once they happened (a bake is
+#: after the last stage).
+_STAGE_OF_RECORD = frozenset({"baking", "completed", "rolled_back", "failed"})
+#: The new color's share after these kinds (``failed``: not verified, so unknown; a refused
+#: start moved nothing; a bake holds the last stage's 100).
+_SHARE_AFTER = {"started": 0, "baking": 100, "completed": 100, "rolled_back": 0, "refused": 0}
 
 _ICON = {
     "started": ":rocket:",
     "stage_applied": ":arrow_forward:",
     "approval_needed": ":raised_hand:",
+    "paused": ":double_vertical_bar:",
+    "resumed": ":arrow_forward:",
+    "drift": ":warning:",
+    "alarm": ":rotating_light:",
+    "baking": ":hourglass_flowing_sand:",
     "completed": ":white_check_mark:",
     "rolled_back": ":rotating_light:",
     "failed": ":sos:",
+    "refused": ":no_entry:",
 }
 
 

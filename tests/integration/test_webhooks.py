@@ -26,9 +26,10 @@ from aiohttp import web
 
 from cutover.config import NotifySpec
 from cutover.core import machine
+from cutover.core.machine import Command
 from cutover.core.model import CheckPolicy, Cutover, Event, Plan, Stage, Status, Verdict
 from cutover.engine.runner import Runner
-from cutover.notify import Notifier, RetryPolicy
+from cutover.notify import NOTIFIED, Notifier, RetryPolicy
 from cutover.notify.webhook import Webhook
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
@@ -113,7 +114,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         await s.aclose()
 
 
-def spec(url: str, **kw: str) -> NotifySpec:
+def spec(url: str, **kw: Any) -> NotifySpec:
     return NotifySpec.model_validate({"type": "webhook", "url": url, **kw})
 
 
@@ -167,10 +168,16 @@ class Timing:
     kinds: list[str]
 
 
-async def rollback_timing(store: SqliteStore, cutover_id: str, listener: Listener | None) -> Timing:
-    """Run a cutover with the real Runner to stage 1's hold, make its check fail and time the
-    rollback, on the fake clock and in real time. Fake time stands still while a listener
-    runs, so whatever a listener makes the runner wait shows in real time."""
+async def rollback_timing(
+    store: SqliteStore,
+    cutover_id: str,
+    listener: Listener | None,
+    holding: Callable[[Runner], Awaitable[object]] | None = None,
+) -> Timing:
+    """Run a cutover with the real Runner to stage 1's hold (then ``holding``, e.g. operator
+    commands), make its check fail and time the rollback, on the fake clock and in real
+    time. Fake time stands still while a listener runs, so whatever a listener makes the
+    runner wait shows in real time."""
     clock = FakeClock()
     routers = {name: FakeRouter(name) for name in PLAN.routers}
     health = FakeCheck("health", clock=clock)
@@ -208,6 +215,9 @@ async def rollback_timing(store: SqliteStore, cutover_id: str, listener: Listene
         await clock.advance_until(
             lambda: runner.cutover.phase.value == "holding", within=30, settle=settle
         )
+        if holding is not None:
+            await holding(runner)
+            await settle()
         health.set(Verdict.FAIL, 0.0)
         t0, fake0 = time.perf_counter(), clock.monotonic()
         await clock.advance_until(
@@ -260,6 +270,37 @@ async def test_a_hanging_webhook_does_not_delay_a_rollback(
     assert with_hook.fake == pytest.approx(baseline.fake, abs=0.25)  # one tick
     assert with_hook.real < baseline.real + 0.25
     assert blocking.real > baseline.real + 0.5  # the test can tell a blocking listener apart
+
+
+# --- per-webhook events: filter --------------------------------------------------------------
+
+
+async def test_a_webhook_gets_only_the_kinds_it_lists_and_another_gets_all(
+    store: SqliteStore, receivers: Callable[..., Awaitable[Receiver]]
+) -> None:
+    async def pause_and_resume(runner: Runner) -> None:
+        await runner.command(Command(action="pause", actor="alice"))
+        await runner.command(Command(action="resume", actor="alice"))
+
+    async with asyncio.timeout(GUARD):
+        every = await receivers()
+        only = await receivers()
+        specs = [spec(every.url), spec(only.url, events=["rolled_back"])]
+        async with Notifier(specs=specs, store=store, policy=FAST) as notifier:
+            await rollback_timing(store, "co-ev", notifier.wake, pause_and_resume)
+            journal = await store.events("co-ev")
+            notified = [e for e in journal if e.kind in NOTIFIED]
+            await until(lambda: len(every.received) == len(notified))
+            await until(lambda: len(only.received) == 1)
+            await asyncio.sleep(0.3)  # nothing more comes
+            assert await store.undelivered(key(only.url)) == []  # its cursor passed the rest
+    assert [r.body["event"] for r in every.received] == [e.kind for e in notified]
+    assert {"paused", "resumed", "rolled_back"} <= {e.kind for e in notified}
+    assert {e.kind for e in journal} - NOTIFIED  # kinds no webhook is sent were written too
+    (got,) = only.received
+    rolled_back = next(e for e in journal if e.kind == "rolled_back")
+    assert got.body["event"] == "rolled_back"
+    assert got.body["id"] == f"co-ev:{rolled_back.seq}" == every.received[-1].body["id"]
 
 
 # --- at least once, from the journal --------------------------------------------------------

@@ -10,8 +10,17 @@ import pytest
 
 from cutover.config import NotifySpec
 from cutover.core import machine
-from cutover.core.machine import Measured, PreflightPassed, RollbackVerified, ShiftApplied, Tick
+from cutover.core.machine import (
+    Command,
+    Measured,
+    Observed,
+    PreflightPassed,
+    RollbackVerified,
+    ShiftApplied,
+    Tick,
+)
 from cutover.core.model import CheckPolicy, Cutover, Event, Measurement, Plan, Stage, Verdict
+from cutover.core.refusal import refused
 from cutover.notify import NOTIFIED, RetryPolicy, event_id
 from cutover.notify.payload import body, payload, text
 from cutover.notify.webhook import DeliveryError, Webhook
@@ -58,9 +67,71 @@ def journal() -> tuple[Cutover, list[Event]]:
     return step.cutover, events
 
 
-def test_every_notified_kind_is_one_the_machine_writes() -> None:
+def operator_journal() -> tuple[Cutover, list[Event]]:
+    """A cutover paused and resumed by an operator, then baking, drifting and pausing on
+    provider errors; events numbered as the store numbers them."""
+    plan = replace(PLAN, stages=(Stage(weight=10, hold=5.0), Stage(weight=100, hold=5.0)), bake=5.0)
+    step = machine.new_cutover(
+        cutover_id="co-2",
+        service="checkout",
+        from_color="blue",
+        to_color="green",
+        plan=plan,
+        router_kinds={"edge": "haproxy"},
+        router_states={"edge": {"green1": "w0"}},
+        now=T0,
+    )
+    passed = Measured(check="health", measurement=Measurement(verdict=Verdict.PASS, value=1.0))
+    error = Measured(check="health", measurement=Measurement(verdict=Verdict.ERROR, detail="503"))
+    inputs: list[machine.Input] = [
+        PreflightPassed(),
+        ShiftApplied(share=10, states={"edge": {"green1": "w10"}}),
+        passed,
+        Command(action="pause", actor="alice"),
+        Command(action="resume", actor="alice"),
+        Tick(dt=5.0),
+        ShiftApplied(share=100, states={"edge": {"green1": "w100"}}),
+        passed,
+        Tick(dt=5.0),
+        Observed(router="edge", share=50.0, known=False, at_desired=False),
+        *[error for _ in range(3)],
+    ]
+    for i, item in enumerate(inputs, start=1):
+        step = step.then(machine.step(step.cutover, item, T0 + i))
+    events = [replace(e, seq=seq) for seq, e in enumerate(step.events, start=1)]
+    return step.cutover, events
+
+
+def test_every_notified_kind_is_one_the_core_writes() -> None:
     _, events = journal()
-    assert NOTIFIED - {"completed", "failed"} <= {e.kind for e in events}
+    c, more = operator_journal()
+    refusal = refused(c, reason="preflight: edge unreachable", actor="bob", now=T0)
+    written = {e.kind for e in [*events, *more, *refusal.events]}
+    assert NOTIFIED - {"completed", "failed"} <= written
+
+
+def test_new_kinds_carry_their_stage_and_share() -> None:
+    c, events = operator_journal()
+    sent = [body(c, e) for e in events if e.kind in NOTIFIED]
+    assert [(b["event"], b["stage"], b["share"]) for b in sent] == [
+        ("started", None, 0),
+        ("stage_applied", 0, 10),
+        ("paused", None, None),
+        ("resumed", None, None),
+        ("stage_applied", 1, 100),
+        ("baking", 1, 100),
+        ("drift", None, None),
+        ("paused", None, None),
+        ("alarm", None, None),
+    ]
+    drift = next(b for b in sent if b["event"] == "drift")
+    assert "holds something the daemon did not write" in drift["message"]
+    assert text(c, next(e for e in events if e.kind == "drift")).startswith(":warning: ")
+    refusal = refused(c, reason="preflight: edge unreachable", actor="bob", now=T0)
+    (event,) = refusal.events
+    b = body(refusal.cutover, replace(event, seq=1))
+    assert (b["event"], b["stage"], b["share"]) == ("refused", None, 0)
+    assert b["reason"] == "preflight: edge unreachable"
 
 
 def test_json_bodies_carry_id_colors_stage_share_and_reason() -> None:

@@ -28,6 +28,7 @@ from cutover.config import NotifySpec
 from cutover.core import machine
 from cutover.core.machine import Command
 from cutover.core.model import CheckPolicy, Cutover, Event, Plan, Stage, Status, Verdict
+from cutover.core.refusal import refused
 from cutover.engine.runner import Runner
 from cutover.notify import NOTIFIED, Notifier, RetryPolicy
 from cutover.notify.webhook import Webhook
@@ -139,10 +140,8 @@ PLAN = Plan(
 )
 
 
-async def create(
-    store: SqliteStore, cutover_id: str, clock: FakeClock
-) -> tuple[Cutover, list[Event]]:
-    made = machine.new_cutover(
+def new_cutover(cutover_id: str, clock: FakeClock) -> machine.Step:
+    return machine.new_cutover(
         cutover_id=cutover_id,
         service="checkout",
         from_color="blue",
@@ -152,6 +151,12 @@ async def create(
         router_states={"edge": {"share": "w0"}, "dns": {"share": "w0"}},
         now=clock.time(),
     )
+
+
+async def create(
+    store: SqliteStore, cutover_id: str, clock: FakeClock
+) -> tuple[Cutover, list[Event]]:
+    made = new_cutover(cutover_id, clock)
     return await store.create(made.cutover, list(made.events)), list(made.events)
 
 
@@ -293,7 +298,7 @@ async def test_a_webhook_gets_only_the_kinds_it_lists_and_another_gets_all(
             await until(lambda: len(every.received) == len(notified))
             await until(lambda: len(only.received) == 1)
             await asyncio.sleep(0.3)  # nothing more comes
-            assert await store.undelivered(key(only.url)) == []  # its cursor passed the rest
+            owed = await store.undelivered(key(only.url))
     assert [r.body["event"] for r in every.received] == [e.kind for e in notified]
     assert {"paused", "resumed", "rolled_back"} <= {e.kind for e in notified}
     assert {e.kind for e in journal} - NOTIFIED  # kinds no webhook is sent were written too
@@ -301,6 +306,28 @@ async def test_a_webhook_gets_only_the_kinds_it_lists_and_another_gets_all(
     rolled_back = next(e for e in journal if e.kind == "rolled_back")
     assert got.body["event"] == "rolled_back"
     assert got.body["id"] == f"co-ev:{rolled_back.seq}" == every.received[-1].body["id"]
+    assert [e for _, e in owed if e.seq <= rolled_back.seq] == []  # its cursor passed the rest
+
+
+async def test_a_refused_start_is_sent_to_webhooks_that_list_it(
+    store: SqliteStore, receivers: Callable[..., Awaitable[Receiver]]
+) -> None:
+    async with asyncio.timeout(GUARD):
+        every = await receivers()
+        oncall = await receivers()
+        specs = [spec(every.url), spec(oncall.url, events=["rolled_back", "failed"])]
+        async with Notifier(specs=specs, store=store, policy=FAST) as notifier:
+            clock = FakeClock()
+            draft = new_cutover("co-r", clock).cutover
+            step = refused(draft, reason="router edge: unreachable", actor="bob", now=clock.time())
+            c = await store.create(step.cutover, list(step.events))
+            await notifier.wake(c, list(step.events))
+            await until(lambda: len(every.received) == 1)
+            await asyncio.sleep(0.3)  # nothing comes to the other
+    (got,) = every.received
+    assert (got.body["event"], got.body["share"]) == ("refused", 0)
+    assert got.body["reason"] == "router edge: unreachable"
+    assert oncall.received == []
 
 
 # --- at least once, from the journal --------------------------------------------------------

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cutover.api.app import TOKENS, make_app
 from cutover.api.auth import TokenTable
+from cutover.api.listener import ApiListener, connection_cap
 from cutover.api.tls import server_ssl_context
 from cutover.checks.http import HttpCheckSpec
 from cutover.config import Config, load_config
@@ -48,8 +49,9 @@ __all__ = [
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-#: Open files the daemon may hold besides its checks' kept connections: the API's clients, the
-#: store, the routers' and notifiers' connections.
+#: Open files the engine may hold besides its checks' kept connections: the store, the
+#: routers' and notifiers' connections. The API's connections get only what is left
+#: (:func:`api_connection_cap`), so no client can take these.
 FILES_BESIDES_CHECKS = 256
 
 
@@ -73,6 +75,13 @@ def open_files_soft_limit(limits: str) -> int | None:
             soft = line[len("Max open files") :].split()[0]
             return int(soft) if soft.isdigit() else None
     return None
+
+
+def api_connection_cap(config: Config, limits: str) -> int:
+    """The most API connections open at once: ``api.max_connections`` within the open-files
+    limit of a ``/proc/<pid>/limits`` text, less the engine's reserve."""
+    reserve = kept_connections(config) + FILES_BESIDES_CHECKS
+    return connection_cap(config.api.max_connections, open_files_soft_limit(limits), reserve)
 
 
 def few_files_warning(config: Config, limits: str) -> str | None:
@@ -205,7 +214,7 @@ async def run_daemon(config: Config, *, config_path: str | Path) -> None:
         listeners=(notifier.wake,),
     )
     app = make_app(supervisor=supervisor, store=store, metrics=metrics)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     stop = asyncio.Event()
     reload_requested = asyncio.Event()  # a SIGHUP before the engine runs waits for it
     loop = asyncio.get_running_loop()
@@ -214,11 +223,21 @@ async def run_daemon(config: Config, *, config_path: str | Path) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     lag = asyncio.create_task(metrics.watch_loop_lag(), name="loop-lag")
     reloads: asyncio.Task[None] | None = None
+    listener: ApiListener | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0, ssl_context=ssl_context)
+        assert runner.server is not None  # set by setup()
+        listener = ApiListener(
+            runner.server,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            max_connections=api_connection_cap(config, limits),
+            header_timeout=config.api.header_timeout,
+            keepalive_timeout=config.api.keepalive_timeout,
+        )
         try:
-            await site.start()
+            await listener.start()
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise CutoverError(
@@ -245,6 +264,7 @@ async def run_daemon(config: Config, *, config_path: str | Path) -> None:
             "daemon ready",
             listen=config.api.listen,
             scheme="https" if ssl_context else "http",
+            max_connections=listener.max_connections,
             auth=f"{len(config.api.tokens)} bearer token(s)" if config.api.tokens else "open",
             services=list(config.services),
         )
@@ -258,6 +278,8 @@ async def run_daemon(config: Config, *, config_path: str | Path) -> None:
         await notifier.stop()
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)
+        if listener is not None:
+            await listener.stop()
         await runner.cleanup()
         await store.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -1,9 +1,11 @@
 """The aiohttp application: routes, JSON errors, app state under typed ``web.AppKey``s.
 
 Every error leaves as ``{"error": {"code", "message"}}`` with a fitting 4xx; an unexpected
-exception is logged and answered 500 without a traceback. POSTs take no parameters: a body
-larger than :data:`MAX_BODY` is 413; whatever its content type, a body other than nothing,
-``{}`` or ``null`` is 400 (``bad_json`` when it does not parse, nested too deeply included).
+exception is logged and answered 500 without a traceback. POSTs take no parameters, except
+``promote`` ``{"force": true}`` and ``resume`` ``{"reapply": true}`` (a non-boolean flag is 422):
+a body larger than :data:`MAX_BODY` is 413; whatever its content type, another body than
+nothing, ``{}`` or ``null`` is 400 (``bad_json`` when it does not parse, nested too deeply
+included).
 With ``api.tokens`` configured, ``/v1`` needs a bearer token (:mod:`cutover.api.auth`) and an
 operator action is recorded with the token's name as its actor. Status answers are joined from
 the encoded JSON :class:`~cutover.api.views.StatusViews` keeps per cutover; a GET's carries an
@@ -24,6 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cutover.api.auth import PRINCIPAL, TokenTable, auth_middleware
+from cutover.api.listener import security_headers
 from cutover.api.openapi import openapi_spec
 from cutover.api.page import add_routes as add_status_page
 from cutover.api.views import LIST_STALE_MAX_AGE, Listing, StatusViews, history_json
@@ -132,7 +135,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 413:  # raised by request.read() past client_max_size
             return _error(413, "body_too_large", f"the request body exceeds {MAX_BODY} bytes")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return _error(exc.status, code, exc.reason)
+        answer = _error(exc.status, code, exc.reason)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110 §15.5.6: a 405 lists them
+            answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return answer
     except CutoverError as exc:
         structlog.get_logger().error("request failed", path=request.path, error=str(exc))
         return _error(503, "unavailable", str(exc))
@@ -159,10 +165,20 @@ def _actor(request: web.Request) -> str:
 
 
 async def _json_body(request: web.Request) -> object:
-    """A POST's parsed JSON body; ``None`` when it has none."""
+    """A POST's parsed JSON body; ``None`` when it has none. A body that does not arrive within
+    ``api.header_timeout`` is 408: a trickling client must not hold a connection forever."""
     if not request.can_read_body:
         return None
-    raw = await request.read()
+    timeout = request.app[SUPERVISOR].config.api.header_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestError(
+            f"the request body did not arrive within {timeout:g} s",
+            code="body_timeout",
+            status=408,
+        ) from None
     if not raw.strip():
         return None
     try:
@@ -359,6 +375,10 @@ async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_spec())
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(security_headers(secure=request.secure))
+
+
 def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> web.Application:
     tokens = TokenTable(supervisor.config.api.tokens)
     app = web.Application(
@@ -372,6 +392,7 @@ def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> 
     app[LISTING] = asyncio.Lock()
     app[LIST_BUILDS] = set()
     app.on_cleanup.append(_stop_list_builds)
+    app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)

@@ -10,7 +10,7 @@ Only ``/v1/`` needs a token: the probes, ``/metrics``, ``/openapi.json`` and the
 shell at ``/`` stay open (the page asks for a token and sends it with its own ``/v1`` calls).
 With no tokens configured everything is open; the config then refuses a non-loopback listen
 address. A token is never logged or echoed: refusals name the token by its configured name
-only.
+only. Refusals are logged at most once a minute with a count (any client can cause them).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from cutover.config import TokenSpec, token_sha256
+from cutover.observability.logging import RateLimitedLog
 
 __all__ = [
     "PRINCIPAL",
@@ -91,6 +91,8 @@ def _refusal(status: int, code: str, message: str, *, challenge: str | None) -> 
 
 def auth_middleware(table: TokenTable) -> Middleware:
     """The middleware that authorizes ``/v1`` requests against ``table``."""
+    unknown_tokens = RateLimitedLog("refused an unknown bearer token")
+    viewer_actions = RateLimitedLog("refused a viewer's action")
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -107,9 +109,7 @@ def auth_middleware(table: TokenTable) -> Middleware:
         match = _BEARER.match(header)
         principal = table.lookup(match.group(1)) if match else None
         if principal is None:
-            structlog.get_logger().warning(
-                "refused an unknown bearer token", path=request.path, remote=request.remote
-            )
+            unknown_tokens.note(path=request.path, remote=request.remote)
             return _refusal(
                 401,
                 "unauthorized",
@@ -117,9 +117,7 @@ def auth_middleware(table: TokenTable) -> Middleware:
                 challenge='Bearer realm="cutover", error="invalid_token"',
             )
         if request.method not in _READ_METHODS and principal.role != "operator":
-            structlog.get_logger().warning(
-                "refused a viewer's action", path=request.path, principal=principal.name
-            )
+            viewer_actions.note(path=request.path, principal=principal.name)
             return _refusal(
                 403,
                 "forbidden",

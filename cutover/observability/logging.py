@@ -17,19 +17,25 @@ tracebacks) works three ways, recursively through dicts and lists:
 
 The registered values live in the processor that :func:`configure_logging` installs: the
 process's logging configuration is process-wide by nature; nothing is registered at import.
+
+Events any client can cause at will (a refused token, a malformed request, an accept that ran
+out of descriptors) go through a :class:`RateLimitedLog`: a line per interval with a count, so
+a flood of them cannot fill the disk or hold the event loop writing lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["Redactor", "configure_logging", "register_secret"]
+__all__ = ["RateLimitedLog", "Redactor", "configure_logging", "register_secret"]
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = re.compile(r"secret|passw|token|api_?key|authorization|cookie", re.IGNORECASE)
@@ -94,6 +100,63 @@ def register_secret(secret: str) -> None:
     redactor = _active_redactor()
     if redactor is not None:
         redactor.add(secret)
+
+
+class RateLimitedLog:
+    """A warning that is logged at most once per ``interval`` seconds.
+
+    The first event of an interval is logged at once with its fields; the ones after it in the
+    same interval are only counted, and one line with ``repeated`` (their count) and the last
+    one's fields follows when the interval ends (a timer on the running loop, or the next
+    event, whichever comes first)."""
+
+    def __init__(
+        self,
+        event: str,
+        *,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event = event
+        self.interval = interval
+        self._clock = clock
+        self._interval_end = float("-inf")
+        self._repeated = 0
+        self._last: dict[str, object] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, **fields: object) -> None:
+        """One more event; logged now only if it is the first of its interval."""
+        now = self._clock()
+        if now >= self._interval_end:
+            self.flush()
+            self._interval_end = now + self.interval
+            structlog.get_logger().warning(self.event, **fields)
+            return
+        self._repeated += 1
+        self._last = fields
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop: the next event flushes
+                return
+            self._timer = loop.call_later(self._interval_end - now, self.flush)
+
+    def flush(self) -> None:
+        """Log the count of the events not logged yet, if any."""
+        self.close()
+        if self._repeated:
+            structlog.get_logger().warning(
+                self.event, repeated=self._repeated, seconds=self.interval, **self._last
+            )
+            self._repeated = 0
+            self._last = {}
+
+    def close(self) -> None:
+        """Stop the pending timer (at shutdown); a later event still logs."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import json
@@ -24,6 +25,7 @@ from cutover.engine.supervisor import Supervisor
 from cutover.errors import ConflictError
 from cutover.observability.logging import (
     REDACTED,
+    RateLimitedLog,
     Redactor,
     configure_logging,
     register_secret,
@@ -307,3 +309,62 @@ async def test_no_token_reaches_logs_or_answers(tmp_path: Path, json_logs: io.St
         assert token not in logs
         assert not any(token in a for a in answers)
     assert all(isinstance(json.loads(line), dict) for line in logs.splitlines())  # JSON lines
+
+
+# --- refusals are logged as a count per interval ---------------------------------------------
+
+
+async def test_a_flood_of_refused_tokens_logs_one_line(
+    authed: Client, json_logs: io.StringIO
+) -> None:
+    for _ in range(200):
+        resp = await authed.get("/v1/services", headers=_bearer(UNKNOWN))
+        assert resp.status == 401
+    for _ in range(50):
+        resp = await authed.post("/v1/services/checkout/cutovers", headers=_bearer(VIEWER))
+        assert resp.status == 403
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    refused = [ln["event"] for ln in lines if ln["event"].startswith("refused")]
+    # the first of each in this minute; the rest are counted, to be logged when it ends
+    assert refused == ["refused an unknown bearer token", "refused a viewer's action"], refused
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_rate_limited_log_logs_the_first_event_then_a_count_per_interval() -> None:
+    clock = _Clock()
+    log = RateLimitedLog("refused", interval=60.0, clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        log.note(remote="a")
+        for i in range(999):
+            clock.now += 0.01
+            log.note(remote=f"b{i}")
+        assert logs == [{"event": "refused", "remote": "a", "log_level": "warning"}]
+        clock.now += 60.0
+        log.note(remote="c")  # a new interval: the count of the last, then this one
+        log.close()
+    assert logs[1:] == [
+        {
+            "event": "refused",
+            "repeated": 999,
+            "seconds": 60.0,
+            "remote": "b998",
+            "log_level": "warning",
+        },
+        {"event": "refused", "remote": "c", "log_level": "warning"},
+    ]
+
+
+async def test_a_rate_limited_log_flushes_its_count_when_the_interval_ends() -> None:
+    log = RateLimitedLog("refused", interval=0.05)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            log.note()
+        await asyncio.sleep(0.2)  # the loop's timer, not a later event, logs the count
+    assert [ln.get("repeated") for ln in logs] == [None, 2]

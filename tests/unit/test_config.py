@@ -934,3 +934,13 @@ def test_webhook_token_errors_come_with_the_others(tmp_path: Path) -> None:
     errors = info.value.errors
     assert f"notify[0].token_file: cannot read {tmp_path}/missing.token: " in "\n".join(errors)
     assert len(errors) == len(expected) + 1, errors
+
+
+def test_readme_and_the_example_name_every_webhook_event_kind() -> None:
+    readme = (ROOT / "README.md").read_text()
+    webhooks = readme[readme.index("* **Webhooks**") :].split("\n* ", 1)[0]
+    example = EXAMPLE.read_text()
+    listed = example[example.index("# The event kinds to send") :].split("# events:", 1)[0]
+    for kind in NOTIFY_EVENTS:
+        assert f"`{kind}`" in webhooks, kind
+        assert kind in listed, kind

@@ -116,6 +116,12 @@ WORDS = [
     "undo_window",
     "webhook",
     "format",
+    "token_file",
+    "token_env",
+    "events",
+    "rolled_back",
+    "refused",
+    "bake",
 ]
 
 scalars = st.one_of(
@@ -127,6 +133,7 @@ scalars = st.one_of(
     st.sampled_from(WORDS),
     st.sampled_from(["5s", "1m", "300ms", "0s", "-1s", "1h30m", "10x", "unix:/x", "tcp:1.2.3.4:1"]),
     st.sampled_from(["{{new}}", "{{old}}", "{{nope}}", "127.0.0.1:8480", "0.0.0.0:1", "[::1]:1"]),
+    st.sampled_from(["http://u:p@127.0.0.1:1/h", "https:///h", "http://h:0/", "http://h:99999/"]),
     st.binary(max_size=8),
     st.dates(),
 )
@@ -178,14 +185,24 @@ def _places(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _touches(path: tuple[Any, ...], protected: tuple[tuple[Any, ...], ...]) -> bool:
+    """Is ``path`` a protected place, inside one, or on the way to one?"""
+    return any(p[: len(path)] == path or path[: len(p)] == p for p in protected)
+
+
 @st.composite
-def mutated_examples(draw: st.DrawFn) -> dict[str, Any]:
+def mutated_examples(
+    draw: st.DrawFn,
+    base: dict[str, Any] | None = None,
+    protected: tuple[tuple[Any, ...], ...] = (),
+) -> dict[str, Any]:
+    """An example (or ``base``) with 1-4 random mutations, none at a ``protected`` place."""
     data: dict[str, Any] = copy.deepcopy(
-        yaml.safe_load(draw(st.sampled_from(list(EXAMPLES.values()))))
+        base or yaml.safe_load(draw(st.sampled_from(list(EXAMPLES.values()))))
     )
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         places = _places(data)
-        path = draw(st.sampled_from(places[1:]))
+        path = draw(st.sampled_from([p for p in places[1:] if not _touches(p, protected)]))
         parent: Any = data
         for part in path[:-1]:
             parent = parent[part]
@@ -255,6 +272,33 @@ def test_random_structures_only_give_located_errors(examples: int) -> None:
 @pytest.mark.parametrize("examples", COUNTS)
 def test_mutated_examples_only_give_located_errors(examples: int) -> None:
     _run(examples, mutated_examples(), assert_parses_or_locates)
+
+
+def _with_pass_two_errors() -> dict[str, Any]:
+    """The example with a service ``payments`` that only pass 2 finds wrong: its router
+    drives checkout's backend servers, and its last stage is not 100."""
+    data: dict[str, Any] = yaml.safe_load(EXAMPLES["cutover.example.yaml"])
+    payments = copy.deepcopy(data["services"]["checkout"])
+    payments["stages"][-1]["weight"] = 90
+    data["services"]["payments"] = payments
+    return data
+
+
+@pytest.mark.parametrize("examples", COUNTS)
+def test_a_shape_error_elsewhere_never_hides_a_pass_two_error(examples: int) -> None:
+    base = _with_pass_two_errors()
+    last = len(base["services"]["payments"]["stages"]) - 1
+    protected = (("services", "payments"), ("services", "checkout", "routers", 0))
+
+    def check(data: dict[str, Any]) -> None:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+        errors = info.value.errors
+        assert f"services.payments.stages[{last}].weight: the last stage must be 100" in errors
+        shared = [e for e in errors if e.startswith("services.payments.routers[0]: shares ")]
+        assert shared and "with services.checkout.routers[0];" in shared[0], errors
+
+    _run(examples, mutated_examples(base=base, protected=protected), check)
 
 
 @pytest.mark.parametrize("examples", COUNTS)

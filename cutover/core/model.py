@@ -214,8 +214,9 @@ class Cutover:
     phase: Phase = Phase.PREFLIGHT
     stage_index: int = 0
     hold_elapsed: float = 0.0  # monitored seconds counting toward the current stage's hold
-    # monitored seconds since the current stage was applied, paused time included: what a
-    # check's initial_delay is measured against (clients move even while we pause)
+    # monitored seconds since the current stage was applied (before that, since its shift
+    # began), paused time included: what a check's initial_delay is measured against (clients
+    # move even while we pause)
     stage_elapsed: float = 0.0
     approval_elapsed: float = 0.0
     rollback_elapsed: float = 0.0

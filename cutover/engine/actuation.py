@@ -242,25 +242,31 @@ async def shift(
             on_retry=on_retry,
         )
 
+    names = list(routers)
     first = await together(
         [
             retried(
-                r,
+                routers[name],
                 functools.partial(
-                    _read_first, r, share, written_state=states[name], force=force, timer=timer
+                    _read_first,
+                    routers[name],
+                    share,
+                    written_state=states[name],
+                    force=force,
+                    timer=timer,
                 ),
             )
-            for name, r in routers.items()
+            for name in names
         ]
     )
     if any(o.result in ("drift", "failed") for o in first):
         return first
-    held = {o.router for o in first if o.result == "held"}
+    held = [name for name, o in zip(names, first, strict=True) if o.result == "held"]
 
-    def write(name: str, r: Router) -> Callable[[], Coroutine[Any, Any, RouterOutcome]]:
+    def write(name: str) -> Callable[[], Coroutine[Any, Any, RouterOutcome]]:
         tries = itertools.count()
         return lambda: _shift_attempt(
-            r,
+            routers[name],
             share,
             written_state=states[name],
             force=force,
@@ -269,11 +275,9 @@ async def shift(
             recheck=next(tries) > 0,
         )
 
-    written = await together(
-        [retried(r, write(name, r)) for name, r in routers.items() if name in held]
-    )
-    by_name = {o.router: o for o in (*first, *written)}
-    return [by_name[name] for name in routers]
+    written = await together([retried(routers[name], write(name)) for name in held])
+    after = dict(zip(held, written, strict=True))
+    return [after.get(name, o) for name, o in zip(names, first, strict=True)]
 
 
 async def _rollback_write(

@@ -6,20 +6,31 @@ as the daemon closes it, like a persistent attacker). When the new color starts 
 that flood, HAProxy is at 0 % new within failure_limit x interval + 1 s (measured on HAProxy's
 runtime API, then by real requests), the API answers a new client within the header timeout,
 and the daemon's log grows by less than 1 MB.
+
+Schemathesis (``schemathesis run``, every check, ``unsupported_method`` included) runs against
+the daemon while a cutover of a real HAProxy is running; half of the generated ``service`` and
+``id`` path parameters are the real service and cutover, so its actions (pause, resume,
+promote, abort) act on real traffic. No 5xx, no answer the spec does not allow, no traceback,
+and what HAProxy serves afterwards matches what the daemon says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import shlex
 import socket
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 
+from cutover.config import token_sha256
 from demo.stack import Child, wait_http
 from tests.e2e.conftest import E2E
 
@@ -152,3 +163,140 @@ async def test_a_flood_of_unfinished_connections_does_not_delay_a_rollback(e2e: 
     finally:
         with contextlib.suppress(ValueError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- schemathesis against a daemon with a running cutover ------------------------------------
+
+OPERATOR = "fuzz-operator-token-0123456789abcdef"
+#: Examples per operation and phase: every operation and check in seconds for ``make test``;
+#: the ``-m long`` run takes more.
+MAX_EXAMPLES = 15
+LONG_MAX_EXAMPLES = 300
+TERMINAL = ("completed", "rolled_back", "aborted")
+
+
+def _schemathesis_config(path: Path, cutover_id: str) -> Path:
+    """Half of the ``service`` and ``id`` path parameters are the real ones."""
+    path.write_text(
+        "[dictionaries.services]\n"
+        'values = ["checkout"]\n'
+        "[dictionaries.cutovers]\n"
+        f"values = [{json.dumps(cutover_id)}]\n"
+        "[parameters]\n"
+        '"path.service" = { dictionary = "services", probability = 0.5 }\n'
+        '"path.id" = { dictionary = "cutovers", probability = 0.5 }\n'
+    )
+    return path
+
+
+def _check_results(report: Path) -> list[tuple[str, str]]:
+    """(check name, status) of every check schemathesis ran, from its NDJSON report."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "checks" and isinstance(value, dict):
+                    for results in value.values():
+                        found.extend((r["name"], r["status"]) for r in results)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for line in report.read_text().splitlines():
+        walk(json.loads(line))
+    return found
+
+
+@pytest.mark.parametrize(
+    "examples", [MAX_EXAMPLES, pytest.param(LONG_MAX_EXAMPLES, marks=pytest.mark.long)]
+)
+async def test_schemathesis_finds_nothing_while_a_cutover_runs(e2e: E2E, examples: int) -> None:
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    e2e.write_config(stages=[{"weight": 20, "hold": "10m"}, {"weight": 100, "hold": "1s"}])
+    config = e2e.config_path.read_text()
+    token = {"name": "fuzz", "role": "operator", "sha256": token_sha256(OPERATOR)}
+    e2e.config_path.write_text(
+        config.replace("api:\n", f"api:\n  tokens: [{json.dumps(token)}]\n", 1)
+    )
+    await e2e.start_daemon()
+    status, c = await e2e.api("POST", "/v1/services/checkout/cutovers", headers=auth)
+    assert status == 201, c
+    c = await _wait_holding(e2e, c["id"], auth)
+
+    settings = _schemathesis_config(e2e.dir / "schemathesis.toml", c["id"])
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(settings),
+        "run",
+        f"{e2e.url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(examples),
+        "--header",
+        f"Authorization: Bearer {OPERATOR}",
+        "--request-timeout",
+        "10",
+        "--generation-database",
+        "none",
+        "--seed",
+        "18",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(e2e.dir / "schemathesis.ndjson"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=e2e.dir,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 600)
+    report = out.decode(errors="replace")
+    assert proc.returncode == 0, report[-6000:]
+    checks = _check_results(e2e.dir / "schemathesis.ndjson")
+    assert checks and all(status == "success" for _, status in checks), checks
+    assert {name for name, _ in checks} >= {"unsupported_method", "not_a_server_error"}
+    # unsupported_method judges only the cases that send a method the spec does not list
+    assert "Unspecified HTTP method" in (e2e.dir / "schemathesis.ndjson").read_text()
+
+    log = e2e.daemon_log()
+    assert "Traceback" not in log and '"level": "error"' not in log, log[-4000:]
+    # traffic is where the daemon says it is, whatever the fuzzer made the cutover do
+    status, c = await e2e.api("GET", f"/v1/cutovers/{c['id']}", headers=auth)
+    assert status == 200, c
+    c = await _wait_settled(e2e, c["id"], auth)
+    (observed,) = {r["observed"] for r in c["routers"]}
+    assert abs(await e2e.green_share(500) - observed) <= 5, (observed, c["state"])
+    kinds = [e["kind"] for e in c["events"]]
+    print(
+        f"\nschemathesis ({examples} examples): {len(checks)} checks passed; the cutover "
+        f"went {' -> '.join(kinds)} and is {c['state']} at {observed} % new"
+    )
+
+
+async def _wait_holding(e2e: E2E, cutover_id: str, auth: dict[str, str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        status, c = await e2e.api("GET", f"/v1/cutovers/{cutover_id}", headers=auth)
+        assert status == 200, c
+        if c["state"] == "running" and c["phase"] == "holding":
+            return c  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, c
+        await asyncio.sleep(0.1)
+
+
+async def _wait_settled(e2e: E2E, cutover_id: str, auth: dict[str, str]) -> dict[str, Any]:
+    """The cutover once it holds, is paused or is over: no shift or rollback under way."""
+    deadline = time.monotonic() + 30
+    while True:
+        status, c = await e2e.api("GET", f"/v1/cutovers/{cutover_id}", headers=auth)
+        assert status == 200, c
+        if c["state"] in TERMINAL or c["phase"] in ("holding", "paused", "awaiting_approval"):
+            return c  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, c
+        await asyncio.sleep(0.1)

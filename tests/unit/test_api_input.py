@@ -4,7 +4,7 @@ The POST endpoints take no parameters. Whatever the content type, a body other t
 ``{}`` or ``null`` is refused with 400; a body over ``MAX_BODY`` with 413 (declared by
 Content-Length or streamed chunked); JSON nested too deeply for Python's parser with 400
 (it used to be a ``RecursionError`` and a 500). The schema-driven fuzzing of every operation
-is in ``test_openapi_fuzz.py``; this file covers what a schema cannot generate.
+is in ``tests/e2e/test_api_hardening.py``; this file covers what a schema cannot generate.
 
 The second half runs the app behind the daemon's own listener (:mod:`cutover.api.listener`)
 and speaks raw HTTP/1.1 to it: what aiohttp's parser refuses is JSON and never echoed, a head

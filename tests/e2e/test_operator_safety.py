@@ -245,6 +245,7 @@ async def test_haproxy_back_during_failed_at_its_config_weights_is_rolled_back_w
         except (OSError, TimeoutError):
             await asyncio.sleep(0.01)
     answering = time.monotonic()
+    at_restart = await green_weights(e2e)
 
     # Then the daemon rolls it back within 1 s of answering, and the cutover is rolled_back
     while not await all_old_on_haproxy(e2e):
@@ -253,4 +254,7 @@ async def test_haproxy_back_during_failed_at_its_config_weights_is_rolled_back_w
     took = time.monotonic() - answering
     c = await e2e.wait_for(c["id"], state="rolled_back", within=5)
     assert await e2e.green_share(300) == 0.0
-    print(f"\nHAProxy back during failed: rolled back {took:.2f}s after it answered")
+    print(
+        f"\nHAProxy back during failed: green (weight, admin) {at_restart} when it answered; "
+        f"rolled back {took:.2f}s after it answered"
+    )

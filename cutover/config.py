@@ -270,8 +270,11 @@ class TlsSpec(_Strict):
     key_file: str = Field(min_length=1)
 
 
+Listen = Annotated[str, BeforeValidator(_listen)]
+
+
 class ApiSpec(_Strict):
-    listen: Annotated[str, BeforeValidator(_listen)] = DEFAULT_LISTEN
+    listen: Listen = DEFAULT_LISTEN
     tokens: list[TokenSpec] = Field(default_factory=list)
     tls: TlsSpec | None = None
     #: Most API connections open at once; the daemon lowers it to what the open-files limit
@@ -292,13 +295,16 @@ class ApiSpec(_Strict):
 
     @property
     def loopback(self) -> bool:
-        host = self.host
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class StateSpec(_Strict):
@@ -527,22 +533,23 @@ def parse_config(data: object, *, source: str = "<config>", base: Path | None = 
     # Pass 2 on whatever validated, down to single routers, stages, checks and webhooks, so a
     # shape error in one place never hides a rule across fields or services elsewhere.
     if config is not None:
-        api: ApiSpec | None = config.api
+        api = _ApiParts.of(config.api)
         notify = list(enumerate(config.notify))
         services = {name: _Parts.of(spec) for name, spec in config.services.items()}
     else:
-        api = _try(ApiSpec, data.get("api", {}))
+        raw_api = data.get("api", {})
+        valid_api = _valid(_API, raw_api)
+        api = _ApiParts.of(valid_api) if valid_api is not None else _ApiParts.salvage(raw_api)
         notify = _valid_items(_NOTIFY, data.get("notify"))
         raw_services = data.get("services")
         services = {}
         if isinstance(raw_services, dict):
             for name, raw in raw_services.items():
                 if isinstance(name, str):
-                    spec = _try(ServiceSpec, raw)
+                    spec = _valid(_SERVICE, raw)
                     services[name] = _Parts.of(spec) if spec is not None else _Parts.salvage(raw)
 
-    if api is not None:
-        errors.extend(_api_errors(api))
+    errors.extend(_api_errors(api))
     errors.extend(_notify_errors(notify, base))
     for name, parts in services.items():
         errors.extend(_service_errors(name, parts))
@@ -554,34 +561,58 @@ def parse_config(data: object, *, source: str = "<config>", base: Path | None = 
     return config
 
 
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _try(model: type[_M], raw: Any) -> _M | None:
-    try:
-        return model.model_validate(raw, strict=True)
-    except ValidationError:
-        return None
-
-
 _T = TypeVar("_T")
+_API = TypeAdapter(ApiSpec)
+_LISTEN: TypeAdapter[str] = TypeAdapter(Listen)
+_TOKEN = TypeAdapter(TokenSpec)
+_NOTIFY = TypeAdapter(NotifySpec)
+_SERVICE = TypeAdapter(ServiceSpec)
 _ROUTER: TypeAdapter[RouterSpec] = TypeAdapter(RouterSpec)
 _STAGE = TypeAdapter(StageSpec)
 _CHECK: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
-_NOTIFY = TypeAdapter(NotifySpec)
+
+
+def _valid(adapter: TypeAdapter[_T], raw: Any) -> _T | None:
+    """``raw`` validated, or ``None`` when it does not pass pass 1 (which reported why)."""
+    try:
+        return adapter.validate_python(raw, strict=True)
+    except ValidationError:
+        return None
 
 
 def _valid_items(adapter: TypeAdapter[_T], raw: Any) -> list[tuple[int, _T]]:
     """The items of the list ``raw`` that pass pass 1 on their own, with their indexes."""
     if not isinstance(raw, list):
         return []
-    items: list[tuple[int, _T]] = []
-    for i, item in enumerate(raw):
-        try:
-            items.append((i, adapter.validate_python(item, strict=True)))
-        except ValidationError:
-            continue  # pass 1 has reported it
-    return items
+    items = ((i, _valid(adapter, item)) for i, item in enumerate(raw))
+    return [(i, item) for i, item in items if item is not None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ApiParts:
+    """The parts of ``api`` that passed pass 1, as :class:`_Parts` for a service."""
+
+    listen: str | None
+    tokens: list[tuple[int, TokenSpec]]
+    #: tokens were written (valid or not): the loopback rule is for a config without any
+    tokens_given: bool
+
+    @classmethod
+    def of(cls, api: ApiSpec) -> _ApiParts:
+        return cls(
+            listen=api.listen, tokens=list(enumerate(api.tokens)), tokens_given=bool(api.tokens)
+        )
+
+    @classmethod
+    def salvage(cls, raw: Any) -> _ApiParts:
+        if not isinstance(raw, Mapping):
+            return cls(listen=None, tokens=[], tokens_given=False)
+        tokens = raw.get("tokens")
+        return cls(
+            listen=_valid(_LISTEN, raw.get("listen", DEFAULT_LISTEN)),
+            tokens=_valid_items(_TOKEN, tokens),
+            tokens_given=tokens is not None and tokens != [],
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -627,15 +658,16 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _api_errors(api: ApiSpec) -> Iterable[str]:
-    if not api.tokens and not api.loopback:
+def _api_errors(api: _ApiParts) -> Iterable[str]:
+    host = None if api.listen is None else _split_listen(api.listen)[0]
+    if not api.tokens_given and host is not None and not _is_loopback(host):
         yield (
             "api.listen: with no api.tokens the daemon listens only on a loopback address "
-            f"(127.0.0.1, [::1], localhost); add tokens to listen on {api.host}"
+            f"(127.0.0.1, [::1], localhost); add tokens to listen on {host}"
         )
     seen: dict[str, int] = {}
     hashes: dict[str, int] = {}
-    for i, token in enumerate(api.tokens):
+    for i, token in api.tokens:
         if token.name in seen:
             yield (
                 f"api.tokens[{i}].name: duplicate token name {token.name!r} "

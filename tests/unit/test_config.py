@@ -852,6 +852,26 @@ def test_rules_run_on_the_valid_parts_of_a_broken_service() -> None:
         assert any(e.startswith(want) for e in errors), (want, errors)
 
 
+def test_rules_run_on_the_valid_parts_of_a_broken_api_section() -> None:
+    data = valid()
+    data["api"]["tls"] = "yes"  # shape
+    data["api"]["tokens"].append({"name": "deploy", "role": "admin", "sha256": SHA_A[:-1] + "c"})
+    data["api"]["tokens"].append({"name": "oncall", "role": "viewer", "sha256": SHA_A})
+    assert sorted(errors_of(data)) == [
+        "api.tls: must be a mapping, not a string",
+        "api.tokens[2].role: must be one of 'viewer' or 'operator'",
+        "api.tokens[3].name: duplicate token name 'oncall' (also api.tokens[1])",
+        "api.tokens[3].sha256: the same token as api.tokens[0]; give each name its own token",
+    ]
+    del data["api"]["tokens"]
+    data["api"]["listen"] = "0.0.0.0:8480"
+    assert sorted(errors_of(data)) == [
+        "api.listen: with no api.tokens the daemon listens only on a loopback address "
+        "(127.0.0.1, [::1], localhost); add tokens to listen on 0.0.0.0",
+        "api.tls: must be a mapping, not a string",
+    ]
+
+
 def test_an_invalid_stage_is_not_the_previous_one_of_the_next() -> None:
     data = valid()
     data["services"]["checkout"]["stages"][1]["weight"] = 0

@@ -1,6 +1,7 @@
 """Pieces the HTTP-based checks share: one client session per event loop, URL validation, how a
 URL and a duration are shown in a measurement's detail, a short human reason for a request that
-got no HTTP answer, and how late the event loop was when a timeout fired."""
+got no HTTP answer, how late the event loop was when a timeout fired, and reading an answer
+within a size limit."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from cutover.checks.http1 import ConnectError, Http1Error
 
 __all__ = [
     "SESSIONS",
+    "AnswerTooLarge",
     "SessionPool",
     "check_url",
     "late_by",
     "no_answer_reason",
+    "read_capped",
     "shown_seconds",
     "shown_url",
 ]
@@ -80,6 +83,24 @@ def late_by(started: float, timeout: float, now: float) -> float:
     blame the daemon's own event loop (0.0 otherwise)."""
     late = now - started - timeout
     return late if late >= max(LATE_MIN, LATE_FRACTION * timeout) else 0.0
+
+
+class AnswerTooLarge(Exception):
+    """An answer's body is larger than its reader's limit."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, at most ``limit`` bytes. A larger one raises :class:`AnswerTooLarge`
+    as soon as it shows (by its Content-Length, or while read), so a provider's huge answer
+    costs neither memory nor the event loop's time parsing it."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise AnswerTooLarge(f"answer of {resp.content_length} bytes, over {limit}")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise AnswerTooLarge(f"answer over {limit} bytes")
+    return bytes(body)
 
 
 def check_url(value: str) -> str:

@@ -18,6 +18,7 @@ the thresholds like any number.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ import aiohttp
 from pydantic import AfterValidator, Field
 
 from cutover.checks.base import CheckSpecBase
-from cutover.checks.net import SESSIONS, check_url, no_answer_reason, shown_seconds, shown_url
+from cutover.checks.net import (
+    SESSIONS,
+    AnswerTooLarge,
+    check_url,
+    no_answer_reason,
+    read_capped,
+    shown_seconds,
+    shown_url,
+)
 from cutover.core.model import Measurement, Verdict
 
 __all__ = [
@@ -56,6 +65,9 @@ NO_DATA_VERDICTS: Mapping[OnNoData, Verdict] = {
 
 #: At most this much of a non-Prometheus answer is quoted in a detail.
 QUOTED = 120
+#: Largest answer read, bytes: one that a check can use is a few series (about 200 bytes
+#: each); a larger one is refused before it is parsed on the event loop.
+ANSWER_LIMIT = 1024 * 1024
 
 
 class PromQLSpec(CheckSpecBase):
@@ -214,17 +226,20 @@ class PromClient:
                 endpoint, params=params, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as resp:
                 status = resp.status
-                try:
-                    body: Any = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict):  # a proxy's error page, or not Prometheus at all
-                    text = (await resp.text(errors="replace")).strip()
-                    raise QueryFailed(
-                        f"HTTP {status} from {shown}, not a Prometheus answer: {text[:QUOTED]!r}"
-                    )
+                raw = await read_capped(resp, ANSWER_LIMIT)
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:  # UnicodeDecodeError included
+                body = None
+            if not isinstance(body, dict):  # a proxy's error page, or not Prometheus at all
+                text = raw.decode(errors="replace").strip()
+                raise QueryFailed(
+                    f"HTTP {status} from {shown}, not a Prometheus answer: {text[:QUOTED]!r}"
+                )
         except QueryFailed:
             raise
+        except AnswerTooLarge as exc:
+            raise QueryFailed(f"{shown}: {exc}; a query should answer with a few series") from None
         except TimeoutError:
             raise QueryFailed(
                 f"no answer from {shown} within {shown_seconds(self.timeout)}"

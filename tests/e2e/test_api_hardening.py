@@ -12,6 +12,9 @@ the daemon while a cutover of a real HAProxy is running; half of the generated `
 ``id`` path parameters are the real service and cutover, so its actions (pause, resume,
 promote, abort) act on real traffic. No 5xx, no answer the spec does not allow, no traceback,
 and what HAProxy serves afterwards matches what the daemon says.
+
+A metrics provider that answers far more than a check can use is refused after
+:data:`~cutover.checks.promql.ANSWER_LIMIT` bytes, before anything is parsed on the loop.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from cutover.checks.promql import ANSWER_LIMIT, PromClient, QueryFailed
 from cutover.config import token_sha256
 from demo.stack import Child, wait_http
 from tests.e2e.conftest import E2E
@@ -300,3 +305,46 @@ async def _wait_settled(e2e: E2E, cutover_id: str, auth: dict[str, str]) -> dict
             return c  # type: ignore[no-any-return]
         assert time.monotonic() < deadline, c
         await asyncio.sleep(0.1)
+
+
+# --- a metrics provider's huge answer -----------------------------------------------------------
+
+
+def _huge_answer(series: int) -> bytes:
+    one = '{"metric":{"pod":"p"},"value":[1,"1"]}'
+    result = ",".join([one] * series)
+    return f'{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}'.encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_huge_prometheus_answer_is_refused_unparsed(chunked: bool) -> None:
+    body = _huge_answer(series=2_000_000)  # ~76 MB
+    assert len(body) > 50 * ANSWER_LIMIT
+
+    async def query(request: web.Request) -> web.StreamResponse:
+        if not chunked:
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for start in range(0, len(body), 1 << 20):
+                await resp.write(body[start : start + (1 << 20)])
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = PromClient(timeout=30.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueryFailed, match=f"over {ANSWER_LIMIT}"):
+            await client.query(f"http://127.0.0.1:{site.port}", "up")
+        refused = time.monotonic() - started
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+    assert refused < 5.0, refused  # not the time to read and parse 76 MB

@@ -215,9 +215,13 @@ def _webhook_url(value: str) -> str:
     user:password may be a secret)."""
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError("must not contain spaces or control characters")
-    parts = urlsplit(value)
+    bad = ValueError("must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        raise bad from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
+        raise bad
     if not parts.hostname:
         raise ValueError("must name a host, e.g. http://127.0.0.1:9000/hook")
     try:

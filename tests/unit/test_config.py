@@ -468,6 +468,11 @@ CASES: list[tuple[str, Mutation, str]] = [
         "notify[0].url: must not contain spaces or control characters",
     ),
     (
+        "notify url unclosed IPv6 bracket",
+        _set("notify.0.url", "http://[::1/hook"),
+        "notify[0].url: must be an http:// or https:// URL",
+    ),
+    (
         "notify url ftp",
         _set("notify.0.url", "ftp://127.0.0.1/hook"),
         "notify[0].url: must be an http:// or https:// URL",

@@ -157,6 +157,10 @@ class Runner:
             self._measure_in(0.0, name, check)
         try:
             if restarted:
+                if self.cutover.phase is Phase.SHIFTING:
+                    # the runner before may have sent a forward write that never came back
+                    # (a frozen server still holds it): verify a rollback as after one
+                    self._unsettled.update(self._routers)
                 await self._handle(machine.Restarted(crash=crash), None)
             elif self.cutover.status is Status.ROLLING_BACK:
                 # an undo is stored already rolling back (core.undo): act on it

@@ -1124,3 +1124,32 @@ async def test_every_failed_try_of_a_shift_shows_the_router_error_at_once(
         s.routers["dns"].clear()
         await s.holding(1)
         assert s.c.router("dns").error == ""
+
+
+async def test_a_forward_write_of_the_runner_before_a_restart_is_waited_out_by_the_rollback(
+    scenario: MakeScenario,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        plan = make_plan(apply_timeout=60.0, rollback_timeout=30.0)
+        s = await scenario(plan, start=False)
+        dns = FrozenServer("dns", s.clock, late=0.6)
+        s.routers["dns"] = dns
+        await s.start()
+        await s.holding(0)
+        dns.freeze_on_write = True
+        await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
+        await s.run_for(1)
+        await s.stop()  # killed: its forward write to dns stays queued in the frozen server
+        dns.freeze_on_write = False
+        await s.start(restarted=True)  # the new runner's shift cannot even read dns
+        await s.run_for(1)
+        await s.command("abort")
+        await s.run_for(3)
+        assert s.routers["edge"].state == ALL_OLD and s.c.status is ROLLING_BACK
+        dns.thaw()
+        thawed = s.clock.monotonic()
+        await s.until(lambda c: c.status is ROLLED_BACK, within=10)
+        (stale,) = [t for t, share, _ in dns.landed if share == 50]
+        assert thawed < stale < s.clock.monotonic()
+        await s.run_for(5)
+        assert dns.state == ALL_OLD

@@ -98,10 +98,18 @@ def few_files_warning(config: Config, limits: str) -> str | None:
     )
 
 
-#: Config keys a reload cannot change, bound at start-up: the listening socket and its TLS
-#: context, the open state store (and its lock), the webhook senders and their delivery
-#: cursors. A reload that changes one is refused whole; restart the daemon for them.
-RESTART_ONLY = ("api.listen", "api.tls", "state", "notify")
+#: Config keys a reload cannot change, bound at start-up: the listening socket, its TLS
+#: context and connection limits, the open state store (and its lock), the webhook senders and
+#: their delivery cursors. A reload that changes one is refused whole; restart for them.
+RESTART_ONLY = (
+    "api.listen",
+    "api.tls",
+    "api.max_connections",
+    "api.header_timeout",
+    "api.keepalive_timeout",
+    "state",
+    "notify",
+)
 
 
 def restart_only_changes(running: Config, new: Config) -> list[str]:
@@ -109,6 +117,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     values = {
         "api.listen": (running.api.listen, new.api.listen),
         "api.tls": (running.api.tls, new.api.tls),
+        "api.max_connections": (running.api.max_connections, new.api.max_connections),
+        "api.header_timeout": (running.api.header_timeout, new.api.header_timeout),
+        "api.keepalive_timeout": (running.api.keepalive_timeout, new.api.keepalive_timeout),
         "state": (running.state, new.state),
         "notify": (running.notify, new.notify),
     }

@@ -137,9 +137,7 @@ class _ApiConnection(web.RequestHandler):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.between_requests:
-            self.force_close()
-            if self.transport is not None:
-                self.transport.close()
+            self.force_close()  # closes the transport too
 
     def handle_error(
         self,
@@ -304,8 +302,6 @@ class ApiListener:
         oldest = next((c for c in self._open if c.between_requests), None)
         if oldest is not None:
             oldest.force_close()
-            if oldest.transport is not None:
-                oldest.transport.close()
         await self._room.wait()
 
     async def _connect(self, conn: socket.socket) -> None:

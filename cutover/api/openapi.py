@@ -273,6 +273,25 @@ def _conditional(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+def _limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the answers of the API's limits (cutover.api.listener): a request line or header
+    over 8190 bytes to every operation; a body over 64 KiB or not in time to every POST."""
+    for operations in paths.values():
+        for method, op in operations.items():
+            op["responses"]["431"] = {
+                **_ERR,
+                "description": "header_too_large: a request line or header over 8190 bytes",
+            }
+            if method == "post":
+                op["responses"]["408"] = {
+                    **_ERR,
+                    "description": "body_timeout: the body did not arrive within "
+                    "api.header_timeout",
+                }
+                op["responses"]["413"] = {**_ERR, "description": "body_too_large: over 64 KiB"}
+    return paths
+
+
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
     """Add the bearer requirement and its 401/403 answers to every /v1 operation."""
     for path, operations in paths.items():
@@ -482,4 +501,5 @@ def openapi_spec() -> dict[str, Any]:
         "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": _BEARER}},
     }
     _conditional(spec["paths"])
+    _limited(spec["paths"])
     return spec

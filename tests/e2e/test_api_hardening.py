@@ -69,7 +69,10 @@ async def _hold_unfinished(port: int, opened: list[int]) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 5.0)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancel that lands as
+            # the connect completes, and that attacker would then never stop
+            async with asyncio.timeout(5.0):
+                await loop.sock_connect(sock, ("127.0.0.1", port))
             await loop.sock_sendall(sock, UNFINISHED)
             opened[0] += 1
             while await loop.sock_recv(sock, 4096):  # until the daemon closes it
@@ -150,7 +153,8 @@ async def test_a_flood_of_unfinished_connections_does_not_delay_a_rollback(e2e: 
         finally:
             for task in attackers:
                 task.cancel()
-            await asyncio.gather(*attackers, return_exceptions=True)
+            async with asyncio.timeout(30):  # a stuck attacker fails the test, never hangs it
+                await asyncio.gather(*attackers, return_exceptions=True)
 
         c = await e2e.wait_for(c["id"], state="rolled_back", within=30)
         assert "new-health" in c["reason"], c["reason"]

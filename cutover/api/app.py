@@ -179,6 +179,10 @@ async def _json_body(request: web.Request) -> object:
             code="body_timeout",
             status=408,
         ) from None
+    except web.RequestPayloadError:  # a Content-Encoding it does not decode, a bad chunk
+        raise RequestError(
+            "the request body cannot be read (its Content-Encoding or framing)", code="bad_body"
+        ) from None
     if not raw.strip():
         return None
     try:

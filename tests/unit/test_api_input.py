@@ -327,6 +327,14 @@ async def test_an_idle_kept_alive_connection_is_closed(served: Served) -> None:
         writer.close()
 
 
+async def test_a_body_that_cannot_be_decoded_is_400(served: Served) -> None:
+    status, _, body = await served.exchange(
+        b"POST /v1/services/checkout/cutovers HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nabcde"
+    )
+    assert status == 400 and _json_error(body)["code"] == "bad_body"
+
+
 async def test_a_body_that_does_not_arrive_in_time_is_408(served: Served) -> None:
     reader, writer = await served.connect()
     try:

@@ -1,8 +1,11 @@
 """The aiohttp application: routes, JSON errors, app state under typed ``web.AppKey``s.
 
 Every error leaves as ``{"error": {"code", "message"}}`` with a fitting 4xx; an unexpected
-exception is logged and answered 500 without a traceback. POSTs take no parameters, except
-``promote`` ``{"force": true}`` and ``resume`` ``{"reapply": true}`` (a non-boolean flag is 422):
+exception is logged (at most once a minute, with a count) and answered 500 without a traceback.
+Every answer says ``Server: cutover`` without versions, and under TLS carries HSTS; the
+listener's own limits and refusals are in :mod:`cutover.api.listener`.
+POSTs take no parameters, except ``promote`` ``{"force": true}`` and ``resume``
+``{"reapply": true}`` (a non-boolean flag is 422):
 a body larger than :data:`MAX_BODY` is 413; whatever its content type, another body than
 nothing, ``{}`` or ``null`` is 400 (``bad_json`` when it does not parse, nested too deeply
 included).
@@ -21,9 +24,8 @@ import json
 import re
 import time
 
-import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from cutover.api.auth import PRINCIPAL, TokenTable, auth_middleware
 from cutover.api.listener import security_headers
@@ -34,6 +36,7 @@ from cutover.core.machine import Command
 from cutover.core.model import Cutover
 from cutover.engine.supervisor import Supervisor
 from cutover.errors import CutoverError, RequestError
+from cutover.observability.logging import RateLimitedLog
 from cutover.observability.metrics import Metrics
 from cutover.store.base import StateStore
 
@@ -123,28 +126,41 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return allowed.get("*", False)
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RequestError as exc:
-        return _error(exc.status, exc.code, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 413:  # raised by request.read() past client_max_size
-            return _error(413, "body_too_large", f"the request body exceeds {MAX_BODY} bytes")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        answer = _error(exc.status, code, exc.reason)
-        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110 §15.5.6: a 405 lists them
-            answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-        return answer
-    except CutoverError as exc:
-        structlog.get_logger().error("request failed", path=request.path, error=str(exc))
-        return _error(503, "unavailable", str(exc))
-    except Exception as exc:
-        structlog.get_logger().exception("unexpected error", path=request.path, error=repr(exc))
-        return _error(500, "internal", "internal error; see the daemon's log")
+def errors_middleware() -> Middleware:
+    """The middleware that turns every error into a JSON answer. Failures are logged at most
+    once a minute with a count: a client can repeat a request that fails as often as it likes."""
+    failed = RateLimitedLog("request failed", level="error")
+    unexpected = RateLimitedLog("unexpected error", level="error")
+
+    @web.middleware
+    async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CutoverError as exc:
+            if isinstance(exc, RequestError):
+                return _error(exc.status, exc.code, str(exc))
+            failed.note(path=request.path, error=str(exc))
+            return _error(503, "unavailable", str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_error(exc)
+        except Exception as exc:
+            unexpected.note(path=request.path, error=repr(exc), exc_info=exc)
+            return _error(500, "internal", "internal error; see the daemon's log")
+
+    return answer_errors
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx (no route, wrong method, body too large) as a JSON answer."""
+    if exc.status == 413:  # raised by request.read() past client_max_size
+        return _error(413, "body_too_large", f"the request body exceeds {MAX_BODY} bytes")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+    answer = _error(exc.status, code, exc.reason)
+    if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110 §15.5.6: a 405 lists them
+        answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    return answer
 
 
 def _actor(request: web.Request) -> str:
@@ -386,7 +402,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def make_app(*, supervisor: Supervisor, store: StateStore, metrics: Metrics) -> web.Application:
     tokens = TokenTable(supervisor.config.api.tokens)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(tokens)], client_max_size=MAX_BODY
+        middlewares=[errors_middleware(), auth_middleware(tokens)], client_max_size=MAX_BODY
     )
     app[SUPERVISOR] = supervisor
     app[TOKENS] = tokens

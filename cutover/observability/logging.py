@@ -103,7 +103,7 @@ def register_secret(secret: str) -> None:
 
 
 class RateLimitedLog:
-    """A warning that is logged at most once per ``interval`` seconds.
+    """An event (a warning by default) that is logged at most once per ``interval`` seconds.
 
     The first event of an interval is logged at once with its fields; the ones after it in the
     same interval are only counted, and one line with ``repeated`` (their count) and the last
@@ -115,10 +115,12 @@ class RateLimitedLog:
         event: str,
         *,
         interval: float = 60.0,
+        level: str = "warning",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.event = event
         self.interval = interval
+        self.level = level
         self._clock = clock
         self._interval_end = float("-inf")
         self._repeated = 0
@@ -131,7 +133,7 @@ class RateLimitedLog:
         if now >= self._interval_end:
             self.flush()
             self._interval_end = now + self.interval
-            structlog.get_logger().warning(self.event, **fields)
+            self._log(**fields)
             return
         self._repeated += 1
         self._last = fields
@@ -146,11 +148,14 @@ class RateLimitedLog:
         """Log the count of the events not logged yet, if any."""
         self.close()
         if self._repeated:
-            structlog.get_logger().warning(
-                self.event, repeated=self._repeated, seconds=self.interval, **self._last
-            )
+            self._log(repeated=self._repeated, seconds=self.interval, **self._last)
             self._repeated = 0
             self._last = {}
+
+    def _log(self, **fields: object) -> None:
+        structlog.get_logger().log(
+            logging.getLevelNamesMapping()[self.level.upper()], self.event, **fields
+        )
 
     def close(self) -> None:
         """Stop the pending timer (at shutdown); a later event still logs."""

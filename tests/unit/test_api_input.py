@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -416,3 +417,20 @@ def test_the_connection_cap_leaves_the_engine_its_reserve(
     configured: int, open_files: int | None, reserve: int, cap: int
 ) -> None:
     assert connection_cap(configured, open_files, reserve) == cap
+
+
+async def test_a_repeated_unexpected_error_is_a_json_500_logged_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Supervisor, "get", broken)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            resp = await client.get("/v1/cutovers/co-1")
+            assert resp.status == 500
+            assert (await _error(resp))["code"] == "internal"
+    (line,) = logs  # the rest are counted, to be logged when the minute ends
+    assert line["event"] == "unexpected error" and line["log_level"] == "error"
+    assert isinstance(line["exc_info"], RuntimeError)

@@ -34,6 +34,7 @@ from cutover.api.listener import HSTS, MAX_LINE, SERVER, ApiListener, connection
 from cutover.config import parse_config
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
+from cutover.errors import ConfigError
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 from tests.unit.test_api import CONFIG
@@ -434,3 +435,32 @@ async def test_a_repeated_unexpected_error_is_a_json_500_logged_once(
     (line,) = logs  # the rest are counted, to be logged when the minute ends
     assert line["event"] == "unexpected error" and line["log_level"] == "error"
     assert isinstance(line["exc_info"], RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("api", "error"),
+    [
+        ({"max_connections": 0}, "api.max_connections: must be >= 1"),
+        ({"max_connections": "many"}, "api.max_connections: must be an integer"),
+        ({"header_timeout": 0}, "api.header_timeout: must be > 0"),
+        ({"header_timeout": "10m"}, "api.header_timeout: must be <= 300"),
+        ({"keepalive_timeout": "-1s"}, "api.keepalive_timeout:"),
+    ],
+)
+def test_bad_api_limits_are_config_errors_named_by_place(api: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({**CONFIG, "api": api})
+    assert any(e.startswith(error) for e in raised.value.errors), raised.value.errors
+
+
+def test_api_limits_have_defaults_and_take_durations() -> None:
+    defaults = parse_config(CONFIG).api
+    assert (defaults.max_connections, defaults.header_timeout, defaults.keepalive_timeout) == (
+        1024,
+        10.0,
+        15.0,
+    )
+    tuned = parse_config(
+        {**CONFIG, "api": {"header_timeout": "2500ms", "keepalive_timeout": "1m"}}
+    ).api
+    assert (tuned.header_timeout, tuned.keepalive_timeout) == (2.5, 60.0)

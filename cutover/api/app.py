@@ -199,6 +199,8 @@ async def _json_body(request: web.Request) -> object:
         raise RequestError(
             "the request body cannot be read (its Content-Encoding or framing)", code="bad_body"
         ) from None
+    except ConnectionResetError:  # the client left: nobody reads the answer; nothing to log
+        raise RequestError("the connection closed before the body arrived") from None
     if not raw.strip():
         return None
     try:

@@ -29,6 +29,7 @@ error answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import ssl
@@ -60,6 +61,8 @@ SERVER = "cutover"
 HSTS = "max-age=31536000"
 #: Pause before accepting again after the process ran out of descriptors or memory, seconds.
 ACCEPT_RETRY = 0.1
+#: At the cap with every connection busy, how often to look for one that became idle, seconds.
+ROOM_POLL = 0.1
 _BACKLOG = 512
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -290,7 +293,9 @@ class ApiListener:
 
     async def _make_room(self, sock: socket.socket) -> None:
         """At the cap: once a newcomer waits, close the oldest connection between requests
-        for it; then wait until a connection has closed."""
+        for it and wait until it has closed. With every connection busy, look again every
+        :data:`ROOM_POLL` seconds (a request that ends leaves its connection idle, not closed)
+        until one closes or can be closed."""
         self._room.clear()
         loop = asyncio.get_running_loop()
         waiting = loop.create_future()
@@ -299,10 +304,13 @@ class ApiListener:
             await waiting
         finally:
             loop.remove_reader(sock.fileno())
-        oldest = next((c for c in self._open if c.between_requests), None)
-        if oldest is not None:
-            oldest.force_close()
-        await self._room.wait()
+        while not self._room.is_set():
+            oldest = next((c for c in self._open if c.between_requests), None)
+            if oldest is not None:
+                oldest.force_close()  # its connection_lost makes the room
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ROOM_POLL):
+                    await self._room.wait()
 
     async def _connect(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

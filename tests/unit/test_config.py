@@ -961,9 +961,9 @@ def test_webhook_token_errors_come_with_the_others(tmp_path: Path) -> None:
     assert len(errors) == len(expected) + 1, errors
 
 
-def test_readme_and_the_example_name_every_webhook_event_kind() -> None:
-    readme = (ROOT / "README.md").read_text()
-    webhooks = readme[readme.index("* **Webhooks**") :].split("\n* ", 1)[0]
+def test_the_docs_and_the_example_name_every_webhook_event_kind() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    webhooks = operations[operations.index("* **Webhooks**") :].split("\n* ", 1)[0]
     example = EXAMPLE.read_text()
     listed = example[example.index("# The event kinds to send") :].split("# events:", 1)[0]
     for kind in NOTIFY_EVENTS:

@@ -41,7 +41,7 @@ LIST_MAX_AGE = 0.25
 #: for the build. So no answer is older than this, however rarely the list is asked for.
 LIST_STALE_MAX_AGE = 2 * LIST_MAX_AGE
 
-#: Compact separators: the list at a thousand services is ~8 % smaller. ``ensure_ascii`` (the
+#: Compact separators: fewer bytes to send and to gzip for every poller. ``ensure_ascii`` (the
 #: default) keeps every byte ASCII, so the answer is valid UTF-8 whatever a detail contains.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -179,8 +179,8 @@ class StatusViews:
 
     def brief(self, c: Cutover) -> bytes:
         """What ``GET /v1/services`` lists of a cutover: its JSON without the event timeline and
-        without each check's ``history`` (both are in ``GET /v1/cutovers/{id}``); at a thousand
-        services the history was more than half of the list's bytes."""
+        without each check's ``history`` (both are in ``GET /v1/cutovers/{id}``): the
+        histories would be most of the list's bytes, and a poller of the fleet needs none."""
         entry = self._entry(c)
         if entry.brief is None:
             entry.brief = _form(c, entry.clocks, history=False)

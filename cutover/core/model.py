@@ -86,9 +86,9 @@ _T = TypeVar("_T")
 
 def evolve(obj: _T, **changes: Any) -> _T:
     """:func:`dataclasses.replace` for this module's frozen dataclasses, without calling
-    ``__init__`` again (none of them validates there). A step makes several new cutovers; at
-    1000 cutovers ``replace`` re-running a 25-field ``__init__`` was 8 % of the daemon's samples.
-    Unknown field names still raise :class:`TypeError`."""
+    ``__init__`` again (none of them validates there). A step makes several new cutovers, and
+    re-running a 25-field ``__init__`` for each was a visible share of the daemon's CPU at
+    scale (docs/performance.md). Unknown field names still raise :class:`TypeError`."""
     known: dict[str, Any] = obj.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = changes.keys() - known.keys()
     if unknown:
@@ -388,8 +388,8 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 def _dump(obj: Any) -> Any:
     """Dataclasses -> dicts, tuples -> lists, enums -> their values. Scalar leaves (most of a
-    cutover's) are kept inline, without a call each: a progress write encodes the whole
-    cutover, check histories included, ~33 times a second at 1000 cutovers."""
+    cutover's) are kept inline, without a call each: every progress write encodes the whole
+    cutover, check histories included, so this runs for every field of every running cutover."""
     if type(obj) in _SCALARS:
         return obj
     if hasattr(obj, "__dataclass_fields__"):

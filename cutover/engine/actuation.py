@@ -3,8 +3,8 @@
 A forward shift reads every router first and writes only when each holds what the daemon last
 wrote (or ``force``): reconciliation may move traffic toward the new color only from our own
 state, and one router's drift holds the others (PRODUCT.md, Drift). Transient errors and
-hanging calls are retried with backoff for ``apply_timeout`` on the engine's clock (tenacity
-measures real time, so it cannot serve the injected clock); permanent ones are not; every
+hanging calls are retried with backoff (tenacity, sleeping and stopping on the engine's clock)
+for ``apply_timeout``; permanent ones are not; every
 failed try is reported at once. A rollback writes 0 % new with evacuation and re-reads; it
 counts as verified when the router *reads* all-old, even if the write errored. A router is
 retried with backoff until verified, probed often while it does not answer (one that comes
@@ -25,6 +25,14 @@ from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_result,
+    wait_exponential,
+)
 
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
@@ -174,6 +182,11 @@ async def _apply_and_read(
     return await observe(router, timer)
 
 
+def _backoff(first: float, most: float) -> wait_exponential:
+    """``first`` seconds after the first failed try, doubling up to ``most``."""
+    return wait_exponential(multiplier=first, max=most)
+
+
 async def _retrying(
     router: Router,
     attempt: Callable[[], Coroutine[Any, Any, RouterOutcome]],
@@ -185,28 +198,43 @@ async def _retrying(
 ) -> RouterOutcome:
     """Transient errors (and calls that hang) are retried with backoff until ``deadline`` on
     ``clock``, each reported to ``on_retry``; permanent ones are not retried."""
-    delay = RETRY_FIRST
     last = ""
-    while True:
-        try:
-            return await within(clock, max(deadline - clock.monotonic(), RETRY_FIRST), attempt())
-        except PermanentError as exc:
-            return RouterOutcome(router=router.name, result="failed", error=str(exc))
-        except CallTimeout as exc:
-            last = last or str(exc)  # a try cut short by the deadline: keep the router's error
-        except TransientError as exc:
-            last = str(exc)
-        left = deadline - clock.monotonic()
-        if left <= 0:
-            return RouterOutcome(
-                router=router.name,
-                result="failed",
-                error=f"{last} (still failing after {apply_timeout:g}s of retries)",
-            )
+    backoff = _backoff(RETRY_FIRST, RETRY_MAX)
+
+    def failed_try(state: RetryCallState) -> None:
+        nonlocal last
+        exc = state.outcome.exception() if state.outcome else None
+        # a try cut short by the deadline keeps the router's own error, which says more
+        last = (last or str(exc)) if isinstance(exc, CallTimeout) else str(exc)
+
+    def report(state: RetryCallState) -> None:
         if on_retry is not None:
             on_retry(router.name, last)
-        await clock.sleep(min(delay, left))  # the last try is at the deadline
-        delay = min(delay * 2, RETRY_MAX)
+
+    retrying = AsyncRetrying(
+        sleep=clock.sleep,
+        stop=lambda state: clock.monotonic() >= deadline,
+        # the last try is at the deadline
+        wait=lambda state: min(backoff(state), max(0.0, deadline - clock.monotonic())),
+        retry=retry_if_exception_type(TransientError),
+        after=failed_try,
+        before_sleep=report,
+        reraise=True,
+    )
+    try:
+        async for one_try in retrying:
+            with one_try:
+                left = max(deadline - clock.monotonic(), RETRY_FIRST)
+                return await within(clock, left, attempt())
+    except PermanentError as exc:
+        return RouterOutcome(router=router.name, result="failed", error=str(exc))
+    except TransientError:
+        pass
+    return RouterOutcome(
+        router=router.name,
+        result="failed",
+        error=f"{last} (still failing after {apply_timeout:g}s of retries)",
+    )
 
 
 async def shift(
@@ -354,22 +382,43 @@ async def roll_back(
     as soon as a router that did not answer answers again. A router in ``unsettled`` (a
     forward write to it may still land) must read all-old again ``STALE_WRITE_SETTLE`` after
     it first does; it leaves ``unsettled`` when verified."""
-    delay = RETRY_FIRST
-    while True:
+    answered = True  # by the last attempt: one that did not is probed while it waits
+
+    async def attempt() -> RouterOutcome:
         outcome = await _rollback_one(router, clock, timer)
         if outcome.result == "applied" and router.name in unsettled:
             await clock.sleep(STALE_WRITE_SETTLE)
             outcome = await _verify_old(router, None, "", clock, timer)
-        if outcome.result == "applied" and outcome.reading is not None:
-            unsettled.discard(router.name)
-            return outcome.reading
+        return outcome
+
+    def failed(state: RetryCallState) -> None:
+        nonlocal answered
+        assert state.outcome is not None  # tenacity calls before_sleep after an attempt
+        outcome: RouterOutcome = state.outcome.result()
+        answered = outcome.reading is not None
         if on_retry is not None:
             on_retry(outcome)
-        if outcome.reading is None:
-            await _until_answering(router, delay, clock, timer)
-        else:  # it answers but is not all-old yet: plain backoff
-            await clock.sleep(delay)
-        delay = min(delay * 2, ROLLBACK_BACKOFF_MAX)
+
+    async def pause(seconds: float) -> None:
+        if answered:  # it answers but is not all-old yet: plain backoff
+            await clock.sleep(seconds)
+        else:
+            await _until_answering(router, seconds, clock, timer)
+
+    retrying = AsyncRetrying(
+        sleep=pause,
+        wait=_backoff(RETRY_FIRST, ROLLBACK_BACKOFF_MAX),
+        retry=retry_if_not_result(_verified),
+        before_sleep=failed,
+    )
+    verified: RouterOutcome = await retrying(attempt)
+    assert verified.reading is not None  # retried until _verified
+    unsettled.discard(router.name)
+    return verified.reading
+
+
+def _verified(outcome: RouterOutcome) -> bool:
+    return outcome.result == "applied" and outcome.reading is not None
 
 
 async def rollback_once(

@@ -63,7 +63,10 @@ HSTS = "max-age=31536000"
 ACCEPT_RETRY = 0.1
 #: At the cap with every connection busy, how often to look for one that became idle, seconds.
 ROOM_POLL = 0.1
-_BACKLOG = 512
+#: Connections the kernel queues for accept (capped by net.core.somaxconn). A full queue
+#: drops a newcomer's SYN, and its client tries again only after 1 s, then 3 s: deep enough
+#: that a flood of connections at the cap queues an operator's instead of dropping it.
+_BACKLOG = 4096
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -290,6 +293,9 @@ class ApiListener:
             task = asyncio.create_task(self._connect(conn))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
+            # sock_accept returns at once while connections wait: one per turn of the loop,
+            # so a flood of them never holds the engine's steps back for a whole burst
+            await asyncio.sleep(0)
 
     async def _make_room(self, sock: socket.socket) -> None:
         """At the cap: once a newcomer waits, close the oldest connection between requests

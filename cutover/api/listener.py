@@ -47,7 +47,6 @@ __all__ = [
     "SERVER",
     "ApiListener",
     "connection_cap",
-    "error_body",
     "security_headers",
 ]
 
@@ -77,10 +76,6 @@ def connection_cap(configured: int, open_files: int | None, reserve: int) -> int
     if open_files is None:
         return configured
     return min(configured, max(MIN_CONNECTIONS, open_files - reserve))
-
-
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
 
 
 def security_headers(*, secure: bool) -> dict[str, str]:
@@ -170,7 +165,7 @@ class _ApiConnection(web.RequestHandler):
                 status=status, error=type(exc).__name__, remote=request.remote
             )
         answer = web.json_response(
-            error_body(code, text),
+            {"error": {"code": code, "message": text}},
             status=status,
             reason=HTTPStatus(status).phrase,
             headers=security_headers(secure=request.secure),

@@ -1,8 +1,8 @@
 """DNS shares: which addresses (``rfc2136``) or which weights (``powerdns``) publish a share.
 
-Pure and stdlib only, like :mod:`cutover.core.weights` (it could move there). ``share`` is the
-new color's share of traffic in percent, an integer 0..100; ``old`` and ``new`` list each
-color's addresses (canonical text, see :func:`canonical_address`).
+Pure and stdlib only, like :mod:`cutover.core.weights`. ``share`` is the new color's share of
+traffic in percent, an integer 0..100; ``old`` and ``new`` list each color's addresses
+(canonical text, see :func:`canonical_address`).
 
 Address families
 ----------------

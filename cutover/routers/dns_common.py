@@ -2,7 +2,7 @@
 
 * :class:`DnsSpecBase` validates ``zone``, ``record`` (inside the zone), ``ttl`` and the
   colors' addresses (IP addresses, canonical text, no duplicates, the same address families
-  in both colors: see :mod:`cutover.routers.dns_split`).
+  in both colors: see :mod:`cutover.core.dns_split`).
 * :func:`load_secret` reads a TSIG secret or API key from a file or an environment variable
   when a router first needs it (preflight), so a missing secret refuses the start instead of
   breaking the daemon's config load. A secret never enters a message, a log or a ``repr``:
@@ -40,12 +40,11 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.tsig
-from pydantic import ConfigDict, Field, field_validator, model_validator
-
+from cutover.core.dns_split import canonical_address, family_mismatch
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.logging import register_secret
 from cutover.routers.base import RouterSpecBase
-from cutover.routers.dns_split import canonical_address, family_mismatch
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DnsSpecBase",

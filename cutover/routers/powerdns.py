@@ -9,7 +9,7 @@ against PowerDNS 4.7 with the gsqlite3 backend (recipes/dns-servers.md).
   one color's addresses and no ``LUA`` record for A/AAAA; in between no plain A/AAAA RRset
   and one ``LUA`` record per family, ``A "pickwrandom({{9, '192.0.2.10'}, {1, '…'}})"``,
   whose weights put the colors in the exact ratio ``100 - share : share``
-  (:func:`cutover.routers.dns_split.lua_weights`). ``LUA`` records of other types on the same
+  (:func:`cutover.core.dns_split.lua_weights`). ``LUA`` records of other types on the same
   name are not ours: they are kept as they are (only their TTL follows, since one RRset has
   one TTL).
 * **One PATCH per change.** PowerDNS applies all RRsets of one ``PATCH
@@ -50,20 +50,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-from pydantic import Field, field_validator, model_validator
-
-from cutover.core.model import Color, other_color
-from cutover.errors import PermanentError, TransientError
-from cutover.routers.base import Reading, RouterState
-from cutover.routers.dns_common import (
-    DnsSpecBase,
-    ServerAddress,
-    exchange,
-    load_secret,
-    parse_server,
-    rcode_error,
-)
-from cutover.routers.dns_split import (
+from cutover.core.dns_split import (
     FAMILIES,
     Family,
     Published,
@@ -75,6 +62,19 @@ from cutover.routers.dns_split import (
     published,
     render_addresses,
     share_of,
+)
+from cutover.core.model import Color, other_color
+from cutover.errors import PermanentError, TransientError
+from cutover.routers.base import Reading, RouterState
+from pydantic import Field, field_validator, model_validator
+
+from cutover.routers.dns_common import (
+    DnsSpecBase,
+    ServerAddress,
+    exchange,
+    load_secret,
+    parse_server,
+    rcode_error,
 )
 
 __all__ = ["PowerDNSRouter", "PowerDNSSpec", "lua_content", "parse_lua"]

@@ -3,7 +3,7 @@
 For any authoritative server that takes TSIG-signed dynamic updates (RFC 2136, RFC 8945):
 checked against BIND 9.18 and PowerDNS 4.7 (recipes/dns-servers.md) and Knot DNS 3.2
 (tests/integration/test_knot.py). Plain RRsets carry no weights, so a share becomes a set of
-addresses (:mod:`cutover.routers.dns_split`): at 0 % exactly the old color's, at 100 %
+addresses (:mod:`cutover.core.dns_split`): at 0 % exactly the old color's, at 100 %
 exactly the new color's, in between every old address plus as many new ones as best fit; the
 resulting *address share* is what :meth:`observe` reports.
 
@@ -54,11 +54,23 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 import dns.update
-from pydantic import Field, field_validator, model_validator
-
+from cutover.core.dns_split import (
+    FAMILIES,
+    Family,
+    Published,
+    address_share,
+    canonical_address,
+    percent,
+    published,
+    render_addresses,
+    share_of,
+)
 from cutover.core.model import Color, other_color
 from cutover.errors import PermanentError, TransientError
 from cutover.routers.base import Reading, RouterState
+from cutover.specs import Spec
+from pydantic import Field, field_validator, model_validator
+
 from cutover.routers.dns_common import (
     DnsSpecBase,
     KeyId,
@@ -71,18 +83,6 @@ from cutover.routers.dns_common import (
     rcode_error,
     tsig_key,
 )
-from cutover.routers.dns_split import (
-    FAMILIES,
-    Family,
-    Published,
-    address_share,
-    canonical_address,
-    percent,
-    published,
-    render_addresses,
-    share_of,
-)
-from cutover.specs import Spec
 
 __all__ = ["Rfc2136Router", "Rfc2136Spec", "TsigSpec"]
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from cutover.core.model import Color
-from cutover.routers.dns_split import (
+from cutover.core.dns_split import (
     Family,
     Weights,
     address_share,
@@ -22,6 +18,10 @@ from cutover.routers.dns_split import (
     published,
     share_of,
 )
+from cutover.core.model import Color
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cutover.routers.powerdns import PowerDNSSpec, lua_content, parse_lua
 from cutover.routers.rfc2136 import Rfc2136Spec
 

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-c", "--config", required=True)
     d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     d.add_argument("--log-format", default="json", choices=["json", "console"])
+    # tests only (the crash harness): seconds between persisting a transition and acting on it
+    d.add_argument("--test-act-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a config; exit 0, or 2 with every error")
     v.add_argument("-c", "--config", required=True)
@@ -506,7 +508,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(args.log_level, json=args.log_format == "json")
-    asyncio.run(run_daemon(config, config_path=args.config))
+    asyncio.run(run_daemon(config, config_path=args.config, act_delay=args.test_act_delay))
     return EXIT_OK
 
 

@@ -198,9 +198,9 @@ async def _reloads(
         )
 
 
-async def run_daemon(config: Config, *, config_path: str | Path) -> None:
+async def run_daemon(config: Config, *, config_path: str | Path, act_delay: float = 0.0) -> None:
     """Run until SIGTERM/SIGINT; ``config`` was read from ``config_path``, which SIGHUP
-    re-reads."""
+    re-reads. ``act_delay`` is the runners' test hook (:class:`~cutover.engine.runner.Runner`)."""
     log = structlog.get_logger()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
@@ -223,6 +223,7 @@ async def run_daemon(config: Config, *, config_path: str | Path) -> None:
         clock=SystemClock(),
         metrics=metrics,
         listeners=(notifier.wake,),
+        act_delay=act_delay,
     )
     app = make_app(supervisor=supervisor, store=store, metrics=metrics)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)

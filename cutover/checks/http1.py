@@ -22,9 +22,9 @@ would follow, or a compressed body it would decode when the body is judged
 
 :meth:`Http1Client.ask` takes a deadline; whatever interrupts an answer (the deadline, a
 cancel, a malformed answer) closes the connection, so a half-read answer is never mistaken for
-the next one. A reused connection closed or reset before a whole answer head is tried once more
-on a new connection, as aiohttp does for GET and HEAD: typically a kept-alive connection the
-server timed out just as the request went out.
+the next one. A connection closed or reset before a whole answer head is tried once more on a
+new connection, as aiohttp does for GET and HEAD: typically a kept-alive connection the server
+timed out just as the request went out.
 
 Name resolution is ``loop.create_connection``'s: ``getaddrinfo`` in the default executor, only
 when a connection is opened (an IP literal is not resolved at all), with happy eyeballs as

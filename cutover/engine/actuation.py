@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from cutover.core.drift import standing
 from cutover.engine.clock import Clock
 from cutover.errors import AdapterError, PermanentError, TransientError
 from cutover.observability.metrics import RouterTimer
@@ -130,11 +131,13 @@ async def _read_first(
     """Where a router stands before a shift writes anything: at the target already, drifted
     (it holds neither the target nor what we last wrote), or ``held`` until it is written."""
     reading = await observe(router, timer)
-    if dict(reading.state) == dict(router.expected(share)):
-        return RouterOutcome(router=router.name, result="applied", reading=reading)
-    if not force and dict(reading.state) != dict(written_state or {}):
-        return RouterOutcome(router=router.name, result="drift", reading=reading)
-    return RouterOutcome(router=router.name, result="held", reading=reading)
+    match standing(reading.state, target=router.expected(share), written=written_state):
+        case "at_target":
+            return RouterOutcome(router=router.name, result="applied", reading=reading)
+        case "drift" if not force:
+            return RouterOutcome(router=router.name, result="drift", reading=reading)
+        case _:
+            return RouterOutcome(router=router.name, result="held", reading=reading)
 
 
 async def _shift_attempt(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import structlog
 
 from cutover.checks.base import Check, MeasureContext
 from cutover.core import machine
+from cutover.core.drift import standing
 from cutover.core.machine import (
     Action,
     Apply,
@@ -55,7 +55,7 @@ from cutover.observability.metrics import Metrics
 from cutover.routers.base import Reading, Router
 from cutover.store.base import StateStore
 
-__all__ = ["ACT_DELAY_ENV", "Runner"]
+__all__ = ["Runner"]
 
 #: Write progress alone (elapsed hold time, passing measurements: see
 #: ``Cutover.only_progress_since``) at most this often per cutover. A crash loses at most this
@@ -64,8 +64,6 @@ __all__ = ["ACT_DELAY_ENV", "Runner"]
 PERSIST_EVERY = 30.0
 #: Seconds between read-backs of a cutover without checks (with checks: two check intervals).
 OBSERVE_WITHOUT_CHECKS = 5.0
-#: Environment variable of a test hook: seconds to wait between persisting and acting.
-ACT_DELAY_ENV = "CUTOVER_TEST_ACT_DELAY"
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,11 @@ class Runner:
         clock: Clock,
         metrics: Metrics | None = None,
         on_change: Callable[[Cutover, list[Event]], Awaitable[None]] | None = None,
+        act_delay: float = 0.0,
     ) -> None:
+        """``act_delay`` (tests only, e.g. the crash harness) holds the runner this many real
+        seconds between persisting a transition and acting on it, so a SIGKILL can land
+        there."""
         self.cutover = cutover
         self._routers = dict(routers)
         self._checks = dict(checks)
@@ -123,9 +125,7 @@ class Runner:
         self._unsaved_actions: list[Action] = []
         self._closed = False
         self._log = structlog.get_logger().bind(service=cutover.service, cutover=cutover.id)
-        # ACT_DELAY_ENV (tests only, e.g. the crash harness) holds the runner this many real
-        # seconds between persisting a transition and acting on it, so a SIGKILL can land there
-        self._act_delay = float(os.environ.get(ACT_DELAY_ENV, "0") or 0)
+        self._act_delay = act_delay
         # Drift is rare and a hold is long: routers are read back every two check intervals
         # (1-10 s), half the read-backs of one per interval (at 1000 cutovers, 100 a second).
         intervals = [p.interval for p in cutover.plan.checks]
@@ -304,15 +304,17 @@ class Runner:
         router = self._routers[rb.router]
         status = c.router(rb.router)
         evacuated = c.status in (Status.ROLLING_BACK, Status.FAILED, Status.ROLLED_BACK)
-        desired_state = dict(router.expected(status.desired, evacuate=evacuated))
-        state = dict(rb.reading.state)
-        at_desired = state == desired_state
+        stands = standing(
+            rb.reading.state,
+            target=router.expected(status.desired, evacuate=evacuated),
+            written=status.written_state,
+        )
         return Observed(
             router=rb.router,
             share=rb.reading.share,
             detail=rb.reading.detail,
-            known=at_desired or state == dict(status.written_state or {}),
-            at_desired=at_desired,
+            known=stands != "drift",
+            at_desired=stands == "at_target",
         )
 
     async def _commit(self, before: Cutover, step: Step, now_mono: float) -> None:

@@ -64,9 +64,12 @@ class Supervisor:
         metrics: Metrics | None = None,
         listeners: tuple[Listener, ...] = (),
         adapters: Adapters | None = None,
+        act_delay: float = 0.0,
     ) -> None:
-        """``adapters`` builds a cutover's routers and checks (tests pass fakes)."""
+        """``adapters`` builds a cutover's routers and checks (tests pass fakes).
+        ``act_delay`` is the runners' test hook (:class:`Runner`)."""
         self.config = config
+        self._act_delay = act_delay
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -313,6 +316,7 @@ class Supervisor:
             clock=self._clock,
             metrics=self._metrics,
             on_change=self._notify,
+            act_delay=self._act_delay,
         )
         task = asyncio.create_task(
             runner.run(restarted=restarted, crash=crash), name=f"runner-{c.id}"

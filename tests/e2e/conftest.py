@@ -70,11 +70,13 @@ class E2E:
 
     # --- the daemon ---------------------------------------------------------------------------
 
-    async def start_daemon(self) -> None:
+    async def start_daemon(self, *, act_delay: float = 0.0) -> None:
+        """``act_delay``: the runners' test hook, seconds between persisting and acting."""
         self.daemon_runs += 1
         self.daemon = await Child.spawn(
             f"daemon-{self.daemon_runs}",
-            [sys.executable, "-m", "cutover", "daemon", "-c", str(self.config_path)],
+            [sys.executable, "-m", "cutover", "daemon", "-c", str(self.config_path)]
+            + (["--test-act-delay", str(act_delay)] if act_delay else []),
             self.dir,
         )
         try:

@@ -29,7 +29,6 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from cutover.engine.runner import ACT_DELAY_ENV
 from demo.dnsservers import Bind
 from demo.stack import Child, require_binary
 from tests.e2e.conftest import E2E
@@ -161,7 +160,7 @@ async def test_a_failing_new_color_is_rolled_back_while_the_stage_change_hangs_o
 
 
 async def test_a_restart_over_one_hand_rolled_back_router_moves_no_other_toward_new(
-    bind_dns: DnsE2E, monkeypatch: pytest.MonkeyPatch
+    bind_dns: DnsE2E,
 ) -> None:
     e2e = bind_dns.e2e
     write_config(
@@ -174,9 +173,7 @@ async def test_a_restart_over_one_hand_rolled_back_router_moves_no_other_toward_
     )
     # the runner waits this long between writing a transition and acting on it: the kill lands
     # while the stage change to 50 % is written but not applied
-    monkeypatch.setenv(ACT_DELAY_ENV, "4")
-    await e2e.start_daemon()
-    monkeypatch.delenv(ACT_DELAY_ENV)
+    await e2e.start_daemon(act_delay=4.0)
     c = await e2e.start()
     c = await e2e.wait_for(c["id"], state="running", stage=1, phase="shifting", within=30)
     await e2e.kill_daemon()

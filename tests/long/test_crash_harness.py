@@ -6,7 +6,7 @@ Each cutover has 4 stages with holds of 1-1.5 s and an HTTP health check of the 
 
 * ``random``: after a random delay (0.05-2 s) from the moment the daemon is ready: mid-hold,
   during a stage change, mid-rollback, wherever it lands;
-* ``persist-act``: the daemon runs with the runner's test hook ``CUTOVER_TEST_ACT_DELAY=1``,
+* ``persist-act``: the daemon runs with the runner's test hook ``--test-act-delay 1``,
   which holds it 1 s between writing a transition and acting on it; the harness kills it as soon
   as the API shows a new ``stage_started`` or ``rollback_started`` -- persisted, not yet acted on
   (HAProxy is checked to still hold the previous state);
@@ -50,7 +50,6 @@ import pytest
 
 from cutover.core.model import Cutover, Status
 from cutover.core.weights import split_weights
-from cutover.engine.runner import ACT_DELAY_ENV
 from cutover.store.sqlite import SqliteStore
 from demo.stack import start_stack
 from tests.e2e.conftest import E2E
@@ -73,8 +72,7 @@ TRANSITIONS = {"stage_started", "rollback_started"}  # each followed by an actio
 
 
 @pytest.fixture
-async def env(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[E2E]:
-    monkeypatch.delenv(ACT_DELAY_ENV, raising=False)
+async def env() -> AsyncIterator[E2E]:
     stack = await start_stack(color_health=True)
     e = E2E(stack)
     try:
@@ -135,10 +133,10 @@ async def persisted(e: E2E, cutover_id: str) -> tuple[Cutover, list[int], list[s
 
 
 class Harness:
-    def __init__(self, e: E2E, rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, e: E2E, rng: random.Random) -> None:
         self.e = e
         self.rng = rng
-        self.monkeypatch = monkeypatch
+        self.delayed = False  # the running daemon has the persist-act hook
         self.stats: collections.Counter[str] = collections.Counter()
         # The new color starts failing only while a kill is being waited for (``watching``),
         # never while a restart is being checked: a restarted daemon could otherwise roll
@@ -147,11 +145,8 @@ class Harness:
         self.breaking = False  # the new color is being made to fail: the next kill is for it
 
     async def start_daemon(self, *, act_delay: bool) -> None:
-        if act_delay:
-            self.monkeypatch.setenv(ACT_DELAY_ENV, str(ACT_DELAY))
-        else:
-            self.monkeypatch.delenv(ACT_DELAY_ENV, raising=False)
-        await self.e.start_daemon()
+        self.delayed = act_delay
+        await self.e.start_daemon(act_delay=ACT_DELAY if act_delay else 0.0)
 
     async def run_cutover(self, *, kills: int, fail_new: bool) -> dict[str, Any]:
         """One cutover, killed ``kills`` times; returns its final JSON."""
@@ -345,7 +340,7 @@ class Harness:
     async def _reconciled(self, cid: str, before: Cutover) -> None:
         """HAProxy holds what the cutover says within one interval after the restart."""
         e = self.e
-        deadline = time.monotonic() + RECONCILE_WITHIN + (ACT_DELAY if self._delayed() else 0)
+        deadline = time.monotonic() + RECONCILE_WITHIN + (ACT_DELAY if self.delayed else 0)
         written = dict(before.routers[0].written_state or {})
         while True:
             c = await e.cutover(cid)
@@ -366,9 +361,6 @@ class Harness:
             await asyncio.sleep(0.05)
         self.stats["reconciled"] += 1
 
-    def _delayed(self) -> bool:
-        return bool(os.environ.get(ACT_DELAY_ENV))
-
     def _check_journal(self, c: dict[str, Any], *, restarts: int) -> None:
         events = c["events"]
         assert [ev["seq"] for ev in events] == list(range(1, len(events) + 1))
@@ -384,9 +376,9 @@ class Harness:
         self.stats["journal events"] += len(events)
 
 
-async def _harness(e: E2E, monkeypatch: pytest.MonkeyPatch, *, kills: int, full: bool) -> None:
+async def _harness(e: E2E, *, kills: int, full: bool) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
-    h = Harness(e, random.Random(seed), monkeypatch)
+    h = Harness(e, random.Random(seed))
     e.write_config(stages=STAGES)
     started = time.monotonic()
     round_no = 0
@@ -409,10 +401,10 @@ async def _harness(e: E2E, monkeypatch: pytest.MonkeyPatch, *, kills: int, full:
         assert h.stats["rollbacks continued"] > 0
 
 
-async def test_crash_harness_reduced(env: E2E, monkeypatch: pytest.MonkeyPatch) -> None:
-    await _harness(env, monkeypatch, kills=KILLS_REDUCED, full=False)
+async def test_crash_harness_reduced(env: E2E) -> None:
+    await _harness(env, kills=KILLS_REDUCED, full=False)
 
 
 @pytest.mark.long
-async def test_crash_harness_full(env: E2E, monkeypatch: pytest.MonkeyPatch) -> None:
-    await _harness(env, monkeypatch, kills=KILLS_FULL, full=True)
+async def test_crash_harness_full(env: E2E) -> None:
+    await _harness(env, kills=KILLS_FULL, full=True)

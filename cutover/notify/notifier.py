@@ -31,6 +31,7 @@ from types import TracebackType
 
 import aiohttp
 import structlog
+from tenacity import AsyncRetrying, retry_if_result, wait_exponential
 
 from cutover.config import NotifySpec
 from cutover.core.model import Cutover, Event
@@ -123,16 +124,16 @@ class Notifier:
     # --- delivery ------------------------------------------------------------------------------
 
     async def _run(self, lane: _Lane) -> None:
-        pause = self._policy.pause
+        """Drain the lane each time it is woken; a failed cycle is tried again after a pause
+        (doubling while it keeps failing) without waiting for a new event."""
+        cycles = AsyncRetrying(
+            wait=wait_exponential(multiplier=self._policy.pause, max=self._policy.pause_max),
+            retry=retry_if_result(lambda drained: not drained),
+        )
         while True:
             await lane.wake.wait()
             lane.wake.clear()
-            if await self._drain(lane):
-                pause = self._policy.pause
-                continue
-            lane.wake.set()  # still owed: the next cycle needs no new event
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, self._policy.pause_max)
+            await cycles(self._drain, lane)
 
     async def _drain(self, lane: _Lane) -> bool:
         """Send everything past the cursors; False when a cycle ended on a failure."""

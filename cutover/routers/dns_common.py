@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.name
@@ -265,11 +266,14 @@ async def exchange(
     raise after ``within`` seconds (connect, send and receive together); every failure to
     get a verified answer becomes a Transient/PermanentError that names the router, the
     server and the TSIG key name, never the secret. A signed message's answer is verified
-    with its key (dnspython raises on a bad or missing signature)."""
+    with its key (dnspython raises on a bad or missing signature). Over UDP, a truncated
+    answer (TC) is asked again over TCP: its answer section may lack addresses."""
     with _translated(server, who=who, key_name=key_name, within=within):
         async with asyncio.timeout(within):
             if udp:
-                return await _udp_exchange(message, server)
+                host, port = server
+                answer, _ = await dns.asyncquery.udp_with_fallback(message, host, port=port)
+                return answer
             (answer,) = await _tcp_exchange([message], server)
             return answer
 
@@ -289,11 +293,11 @@ async def exchange_all(
             return await _tcp_exchange(queries, server)
 
 
-# The loop's socket calls rather than dnspython's asyncio backend or asyncio streams: no
-# transport or stream objects per message. Around the message itself that is half the CPU
-# of dns.asyncquery.tcp (0.41 -> 0.22 ms a query on this machine), which adds up in a
-# rollback of several DNS routers (benchmarks/rollback_actuation.py). dnspython still
-# builds, signs, parses and verifies the messages.
+# TCP over the loop's socket calls rather than dns.asyncquery.tcp, which cannot do two things
+# the routers need: pipeline several queries on one connection (exchange_all), and hand back
+# a signed message's unsigned refusal so its rcode and TSIG error reach the operator
+# (_answer; dnspython raises and the reason is lost). It also costs half the CPU a query
+# (docs/performance.md). dnspython still builds, signs, parses and verifies the messages.
 
 
 def _socket(host: str, kind: socket.SocketKind) -> socket.socket:
@@ -376,14 +380,6 @@ def _answer(wire: bytes, message: dns.message.Message) -> dns.message.Message:
     if not message.is_response(answer):
         raise dns.query.BadResponse
     return answer
-
-
-async def _udp_exchange(message: dns.message.Message, server: ServerAddress) -> dns.message.Message:
-    loop = asyncio.get_running_loop()
-    with _socket(server[0], socket.SOCK_DGRAM) as sock:
-        await loop.sock_connect(sock, server)  # only the server's datagrams arrive
-        await loop.sock_sendall(sock, message.to_wire())
-        return _answer(await loop.sock_recv(sock, 65535), message)
 
 
 @contextlib.contextmanager

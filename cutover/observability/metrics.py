@@ -8,11 +8,11 @@ cause, router operation latency, event-loop lag and webhook delivery.
 The per-service families (state, stage, routers, checks, router latency) are read at scrape
 time by :class:`_CutoverCollector` from one immutable record a service, which the runners
 replace as their cutover changes: at 1000 services that is thousands of series, and a
-prometheus_client child each would cost memory and collection time. Daemon-wide events
-(rollbacks, loop lag, webhooks, store errors, reloads) are prometheus_client counters,
-histograms and gauges. :meth:`Metrics.scrape` writes the text with ``generate_latest`` in a
-worker thread, so that a scrape of many services does not hold the event loop (status
-answers, timers) for the time it takes.
+prometheus_client child each would cost memory and collection time. Rollbacks (a few series
+a service) and the daemon-wide signals (loop lag, webhooks, store errors, reloads, runner
+crashes) are prometheus_client counters, histograms and gauges. :meth:`Metrics.scrape`
+writes the text with ``generate_latest`` in a worker thread, so that a scrape of many
+services does not hold the event loop (status answers, timers) for the time it takes.
 
 A service's series are what the rules, the dashboard and the docs read, and no more: the
 state and live color are written for the current one only (the rules and the dashboard select

@@ -41,6 +41,7 @@ from benchlib import powerdns_spec, rfc2136_spec  # noqa: E402
 
 from cutover.routers.base import Router  # noqa: E402
 from cutover.routers.powerdns import lua_content  # noqa: E402
+from cutover.testing import resource_pool  # noqa: E402
 from demo.dnsservers import Bind, PowerDNS  # noqa: E402
 from demo.stack import make_workdir  # noqa: E402
 
@@ -81,7 +82,7 @@ async def bench_bind(workdir: Path, changes: int, timings: Timings) -> str:
             blue=BLUE,
             green=GREEN,
         )
-        router = spec.build(new="green")
+        router = spec.build(new="green", resources=resource_pool())
         await router.preflight()
         key = dns.tsig.Key(bind.key.name, bind.key.secret, dns.tsig.HMAC_SHA256)
 
@@ -127,7 +128,7 @@ async def bench_pdns(workdir: Path, changes: int, timings: Timings) -> str:
             blue=BLUE,
             green=GREEN,
         )
-        router = spec.build(new="green")
+        router = spec.build(new="green", resources=resource_pool())
         url = f"{pdns.api_url}/api/v1/servers/localhost/zones/{ZONE}"
         headers = {"X-API-Key": pdns.api_key}
         try:

@@ -68,6 +68,7 @@ from cutover.engine.clock import SystemClock  # noqa: E402
 from cutover.routers.base import Router  # noqa: E402
 from cutover.routers.haproxy import HAProxyRouter, HAProxySpec  # noqa: E402
 from cutover.routers.powerdns import PowerDNSRouter  # noqa: E402
+from cutover.testing import resource_pool  # noqa: E402
 from demo.dnsservers import Bind, PowerDNS  # noqa: E402
 from demo.stack import Backend, HAProxy, free_port, make_workdir  # noqa: E402
 
@@ -126,7 +127,7 @@ async def haproxy_target(haproxy: HAProxy, backend: str, n: int) -> Target:
             "green": [f"green{i}" for i in range(n // 2)],
         }
     )
-    router = spec.build(new="green")
+    router = spec.build(new="green", resources=resource_pool())
     await router.observe()  # learns the configured weights
     commands = haproxy_commands(router, spec)
     writes = "; ".join(c for _, c in commands)
@@ -188,7 +189,9 @@ async def start_bind(workdir: Path) -> tuple[Bind, Target]:
         f"update delete {RECORD} A\n{adds}\nsend\nEOF"
     ]
     read = [f"dig +tcp @127.0.0.1 -p {bind.port} {ZONE} SOA {RECORD} A {RECORD} AAAA >/dev/null"]
-    return bind, Target(spec.build(new="green"), raw, script, raw_read, read)
+    return bind, Target(
+        spec.build(new="green", resources=resource_pool()), raw, script, raw_read, read
+    )
 
 
 async def start_pdns(workdir: Path) -> tuple[PowerDNS, Target, http.client.HTTPConnection]:
@@ -205,7 +208,7 @@ async def start_pdns(workdir: Path) -> tuple[PowerDNS, Target, http.client.HTTPC
         blue=BLUE,
         green=GREEN,
     )
-    router: PowerDNSRouter = spec.build(new="green")
+    router: PowerDNSRouter = spec.build(new="green", resources=resource_pool())
     body = json.dumps({"rrsets": router.rrsets(0)})
     (workdir / "rollback.json").write_text(body)
     path = f"/api/v1/servers/localhost/zones/{ZONE}"

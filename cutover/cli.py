@@ -28,6 +28,8 @@ from cutover import __version__
 from cutover.config import TOKEN_NAME, Config, TokenSpec, load_config
 from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
+from cutover.observability.logging import Redactor
+from cutover.resource_pool import ResourcePool
 from cutover.routers.base import AddressShare
 from cutover.specs import parse_duration
 from cutover.watch import follow, watch_services
@@ -355,21 +357,23 @@ async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
     new = other_color(live)
     plan = spec.plan()
     print(f"plan for {args.service}: {live} -> {new} (live {source}); changes nothing")
-    routers = {r.name: r.build(new=new) for r in spec.routers}
     # a DNS router's records follow from the config alone; a load balancer's weights depend
     # on its own server configuration, which only a read shows
     dns = {r.name for r in spec.routers if r.ttl is not None}
-    readable = {name: router for name, router in routers.items() if name in dns}
-    for name, router in routers.items():
-        try:  # a read only
-            reading = await router.observe()
-            readable[name] = router
-            print(f"router {name} now: {_pct(reading.share)} {new} ({reading.detail})")
-        except CutoverError as exc:
-            shown = "" if name in dns else "; its settings are not shown"
-            print(f"router {name}: cannot read it ({exc}){shown}")
-        finally:
-            await router.aclose()
+    # no log lines here to mask a loaded secret in: the sink only keeps them
+    async with ResourcePool(secrets=Redactor()) as resources:
+        routers = {r.name: r.build(new=new, resources=resources) for r in spec.routers}
+        readable = {name: router for name, router in routers.items() if name in dns}
+        for name, router in routers.items():
+            try:  # a read only
+                reading = await router.observe()
+                readable[name] = router
+                print(f"router {name} now: {_pct(reading.share)} {new} ({reading.detail})")
+            except CutoverError as exc:
+                shown = "" if name in dns else "; its settings are not shown"
+                print(f"router {name}: cannot read it ({exc}){shown}")
+            finally:
+                await router.aclose()
     for i, stage in enumerate(plan.stages):
         gate = ", then waits for promote" if stage.approval else ""
         print(f"stage {i + 1}: {stage.weight}% {new}, hold {stage.hold:g}s{gate}")
@@ -507,8 +511,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from cutover.observability.logging import configure_logging
 
     config = load_config(args.config)
-    configure_logging(args.log_level, json=args.log_format == "json")
-    asyncio.run(run_daemon(config, config_path=args.config, act_delay=args.test_act_delay))
+    redactor = configure_logging(args.log_level, json=args.log_format == "json")
+    asyncio.run(
+        run_daemon(
+            config, config_path=args.config, secrets=redactor, act_delay=args.test_act_delay
+        )
+    )
     return EXIT_OK
 
 

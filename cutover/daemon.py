@@ -29,6 +29,8 @@ from cutover.engine.supervisor import Supervisor
 from cutover.errors import ConfigError, CutoverError, StoreError
 from cutover.notify import Notifier
 from cutover.observability.metrics import Metrics
+from cutover.resource_pool import ResourcePool
+from cutover.resources import SecretSink
 from cutover.store.sqlite import SqliteStore
 
 __all__ = [
@@ -198,9 +200,12 @@ async def _reloads(
         )
 
 
-async def run_daemon(config: Config, *, config_path: str | Path, act_delay: float = 0.0) -> None:
+async def run_daemon(
+    config: Config, *, config_path: str | Path, secrets: SecretSink, act_delay: float = 0.0
+) -> None:
     """Run until SIGTERM/SIGINT; ``config`` was read from ``config_path``, which SIGHUP
-    re-reads. ``act_delay`` is the runners' test hook (:class:`~cutover.engine.runner.Runner`)."""
+    re-reads. ``secrets`` (the log redactor) is where adapters put the secrets they load.
+    ``act_delay`` is the runners' test hook (:class:`~cutover.engine.runner.Runner`)."""
     log = structlog.get_logger()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
@@ -216,11 +221,14 @@ async def run_daemon(config: Config, *, config_path: str | Path, act_delay: floa
     metrics = Metrics()
     store = SqliteStore(path=config.state.sqlite, on_write_error=metrics.store_write_errors.inc)
     await store.open()
-    notifier = Notifier(specs=config.notify, store=store, metrics=metrics)
+    notifier = Notifier(specs=config.notify, store=store, secrets=secrets, metrics=metrics)
+    # the clients adapters share: made on first use, closed after the last runner stopped
+    resources = ResourcePool(secrets=secrets)
     supervisor = Supervisor(
         config=config,
         store=store,
         clock=SystemClock(),
+        resources=resources,
         metrics=metrics,
         listeners=(notifier.wake,),
         act_delay=act_delay,
@@ -287,6 +295,7 @@ async def run_daemon(config: Config, *, config_path: str | Path, act_delay: floa
             reloads.cancel()
             await asyncio.gather(reloads, return_exceptions=True)
         await supervisor.stop()
+        await resources.aclose()
         await notifier.stop()
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)

@@ -15,6 +15,9 @@ real time, real servers or real providers:
   cleared), can hang (to test timeouts) and can be edited "by hand" to simulate drift.
 * :class:`FakeCheck` implements :class:`cutover.checks.base.Check`: a scripted sequence of
   measurements, then a settable current verdict; it counts how often it was measured.
+* :func:`resource_pool` makes the resources real adapters are built with, as the daemon does
+  (its secret sink a :class:`~cutover.observability.logging.Redactor` the test can read); use
+  it as ``async with`` so its clients close with the test.
 
 Nothing here sleeps for real or touches the network.
 """
@@ -34,9 +37,11 @@ from cutover.checks.base import Check, MeasureContext
 from cutover.core.model import Measurement, Verdict
 from cutover.engine.clock import Clock, Timer
 from cutover.errors import AdapterError, TransientError
+from cutover.observability.logging import Redactor
+from cutover.resource_pool import ResourcePool
 from cutover.routers.base import Reading, Router, RouterState
 
-__all__ = ["FakeCheck", "FakeClock", "FakeRouter", "RouterCall", "RouterOp"]
+__all__ = ["FakeCheck", "FakeClock", "FakeRouter", "RouterCall", "RouterOp", "resource_pool"]
 
 #: ``await asyncio.sleep(0)`` rounds after each step of :meth:`FakeClock.advance`: enough for
 #: a woken task to put on a queue, the queue's reader to run and its follow-ups to start.
@@ -431,3 +436,11 @@ def _conforms(
 ) -> tuple[Clock, Router, Check]:
     """Never called: lets mypy prove that the fakes implement the engine's protocols."""
     return clock, router, check
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def resource_pool(secrets: Redactor | None = None) -> ResourcePool:
+    """Resources for adapters under test, owned by the test: close them (``async with``)."""
+    return ResourcePool(secrets=Redactor() if secrets is None else secrets)

@@ -1,13 +1,17 @@
-"""Suite-wide guards: no test may leave child processes or asyncio tasks behind."""
+"""Suite-wide guards (no test may leave child processes or asyncio tasks behind) and the
+resources adapters under test are built with."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from cutover.resource_pool import ResourcePool
+from cutover.testing import resource_pool
 
 
 def _children() -> set[int]:
@@ -47,3 +51,10 @@ async def no_leftover_tasks() -> object:
         for t in left:
             t.cancel()
         pytest.fail(f"test left asyncio tasks behind: {[t.get_name() for t in left]}")
+
+
+@pytest.fixture
+async def resources() -> AsyncIterator[ResourcePool]:
+    """The shared clients adapters are built with, closed when the test ends."""
+    async with resource_pool() as pool:
+        yield pool

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal, Protocol
 from pydantic import Field
 
 from cutover.core.model import CheckPolicy, Color, Measurement
+from cutover.resources import Resources
 from cutover.specs import Duration, Spec
 
 __all__ = ["Check", "CheckSpecBase", "MeasureContext", "Placeholders"]
@@ -91,7 +92,7 @@ class CheckSpecBase(Spec):
             if isinstance(value, str) and name not in ("type", "name")
         }
 
-    def build(self, *, placeholders: Placeholders) -> Check:
+    def build(self, *, placeholders: Placeholders, resources: Resources) -> Check:
         raise NotImplementedError  # each check module's spec overrides this
 
 

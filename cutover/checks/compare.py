@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from cutover.checks.base import MeasureContext, Placeholders
 from cutover.checks.promql import NoData, PromClient, PromQLSpec, QueryFailed, fmt, single_value
 from cutover.core.model import Measurement, Verdict
+from cutover.resources import Resources
 from cutover.specs import render
 
 __all__ = ["CompareCheck", "CompareCheckSpec", "Side", "judge"]
@@ -70,7 +71,7 @@ class CompareCheckSpec(PromQLSpec):
             )
         return self
 
-    def build(self, *, placeholders: Placeholders) -> CompareCheck:
+    def build(self, *, placeholders: Placeholders, resources: Resources) -> CompareCheck:
         """Render the URL and the query for each color strictly (an unknown placeholder raises
         ``ValueError``)."""
 
@@ -83,7 +84,7 @@ class CompareCheckSpec(PromQLSpec):
                 query=render(self.query, values),
             )
 
-        return CompareCheck(spec=self, new=side("new"), old=side("old"))
+        return CompareCheck(spec=self, new=side("new"), old=side("old"), resources=resources)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,11 +131,13 @@ def judge(
 class CompareCheck:
     """One ``compare`` check of one cutover (implements :class:`cutover.checks.base.Check`)."""
 
-    def __init__(self, *, spec: CompareCheckSpec, new: Side, old: Side) -> None:
+    def __init__(
+        self, *, spec: CompareCheckSpec, new: Side, old: Side, resources: Resources
+    ) -> None:
         self.spec = spec
         self.new = new
         self.old = old
-        self._client = PromClient(timeout=spec.effective_timeout)
+        self._client = PromClient(timeout=spec.effective_timeout, resources=resources)
 
     @property
     def name(self) -> str:
@@ -194,4 +197,5 @@ class CompareCheck:
         return Measurement(verdict=verdict, value=new, baseline=old, detail=detail, at=at)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Nothing of its own to close: its session is the daemon's
+        (:data:`~cutover.checks.net.HTTP_SESSION`)."""

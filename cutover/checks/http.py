@@ -5,16 +5,16 @@ wrong status is a *fail* — not an *error*, because the thing being checked (th
 what did not answer. So :meth:`HttpCheck.measure` never raises for a network problem; every
 outcome is a :class:`~cutover.core.model.Measurement`.
 
-A plain ``http://`` check asks through its own lean HTTP/1.1 client
-(:mod:`cutover.checks.http1`: one keep-alive connection per check, a fraction of aiohttp's
-CPU per request). Everything that client does not take on goes through the loop's shared
-aiohttp session (:data:`cutover.checks.net.SESSIONS`), taken lazily inside the running event
-loop, so connections are kept alive across measurements and checks: ``https://``, a URL with
-user:password, headers that change the answer's encoding or framing, and answers aiohttp would
-not judge as they came: a redirect (aiohttp follows up to 10 for GET and HEAD, so the check is
-judged on where it leads, whatever ``expect_status`` lists) or, when the body is judged, a
-compressed body (aiohttp decodes it). Both paths give the same verdicts and details, judged in
-one place (:meth:`HttpCheck._judge`).
+A plain ``http://`` check asks through its own lean HTTP/1.1 client (:mod:`cutover.checks.http1`:
+one keep-alive connection per check, a fraction of aiohttp's CPU per request). Everything that
+client does not take on goes through the daemon's shared aiohttp session
+(:data:`cutover.checks.net.HTTP_SESSION`, from the resources handed to
+:meth:`HttpCheckSpec.build`), so connections are kept alive across measurements and checks:
+``https://``, a URL with user:password, headers that change the answer's encoding or framing, and
+answers aiohttp would not judge as they came: a redirect (aiohttp follows up to 10 for GET and
+HEAD, so the check is judged on where it leads, whatever ``expect_status`` lists) or, when the body
+is judged, a compressed body (aiohttp decodes it). Both paths give the same verdicts and details,
+judged in one place (:meth:`HttpCheck._judge`).
 
 The whole request, both paths together, is bounded by the check's ``timeout``. A timeout that
 fired far later than asked measured the daemon's starved event loop, not green: it is an
@@ -33,7 +33,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from cutover.checks.base import CheckSpecBase, MeasureContext, Placeholders
 from cutover.checks.http1 import Http1Error, fast_client
 from cutover.checks.net import (
-    SESSIONS,
+    HTTP_SESSION,
     check_url,
     late_by,
     no_answer_reason,
@@ -41,6 +41,7 @@ from cutover.checks.net import (
     shown_url,
 )
 from cutover.core.model import Measurement, Verdict
+from cutover.resources import Resources
 from cutover.specs import render
 
 __all__ = ["BODY_LIMIT", "HttpCheck", "HttpCheckSpec"]
@@ -89,7 +90,7 @@ class HttpCheckSpec(CheckSpecBase):
         fields.update({f"headers.{k}": v for k, v in self.headers.items()})
         return fields
 
-    def build(self, *, placeholders: Placeholders) -> HttpCheck:
+    def build(self, *, placeholders: Placeholders, resources: Resources) -> HttpCheck:
         """Render every string field strictly (an unknown placeholder raises ``ValueError``)."""
         return HttpCheck(
             name=self.name,
@@ -101,6 +102,7 @@ class HttpCheckSpec(CheckSpecBase):
             ),
             headers={k: render(v, placeholders) for k, v in self.headers.items()},
             timeout=self.effective_timeout,
+            resources=resources,
         )
 
 
@@ -117,8 +119,10 @@ class HttpCheck:
         body_contains: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 5.0,
+        resources: Resources,
     ) -> None:
         self._name = name
+        self._resources = resources
         self.url = url
         self.method = method
         self.expect_status = expect_status
@@ -128,7 +132,6 @@ class HttpCheck:
         # per measurement these would be a URL parse and an object each: once per check
         self._shown = shown_url(url)
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
         self._needle = body_contains.encode() if body_contains is not None else None
         self._fast = fast_client(
             url, method, self.headers, read_body=body_contains is not None, limit=BODY_LIMIT
@@ -139,9 +142,7 @@ class HttpCheck:
         return self._name
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = SESSIONS.acquire()
-        return self._session
+        return self._resources.get(HTTP_SESSION)
 
     async def measure(self, ctx: MeasureContext) -> Measurement:
         shown = self._shown
@@ -222,6 +223,3 @@ class HttpCheck:
     async def aclose(self) -> None:
         if self._fast is not None:
             self._fast.close()
-        session, self._session = self._session, None
-        if session is not None:
-            await SESSIONS.release(session)

@@ -1,26 +1,23 @@
-"""Pieces the HTTP-based checks share: one client session per event loop, URL validation, how a
+"""Pieces the HTTP-based checks share: the client session kind, URL validation, how a
 URL and a duration are shown in a measurement's detail, a short human reason for a request that
 got no HTTP answer, how late the event loop was when a timeout fired, and reading an answer
 within a size limit."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import re
 import socket
-from dataclasses import dataclass
-from weakref import WeakKeyDictionary
 
 import aiohttp
 from yarl import URL
 
 from cutover.checks.http1 import ConnectError, Http1Error
+from cutover.resources import Shared
 
 __all__ = [
-    "SESSIONS",
+    "HTTP_SESSION",
     "AnswerTooLarge",
-    "SessionPool",
     "check_url",
     "late_by",
     "no_answer_reason",
@@ -35,47 +32,27 @@ LATE_FRACTION = 0.5
 LATE_MIN = 0.5
 
 
-@dataclass
-class _Shared:
-    session: aiohttp.ClientSession
-    users: int = 0
-
-
-class SessionPool:
-    """One aiohttp session per event loop, shared by every check that runs in it.
+def _new_session() -> aiohttp.ClientSession:
+    """The checks' shared aiohttp session.
 
     A session per check costs a connector, its pools and TLS context each: 1000 checks took
     23 MB more than one shared session (docs/performance.md). The shared session has no cookie
     jar (services must not see each other's cookies) and no connection limit: each check has
     at most one request in flight, and a limit would let slow services' requests make the
-    others' wait for a connection and time out. Sessions are bound to their loop, hence one per
-    loop; the last check of a loop to close closes its session."""
-
-    def __init__(self) -> None:
-        self._by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared] = WeakKeyDictionary()
-
-    def acquire(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        shared = self._by_loop.get(loop)
-        if shared is None or shared.session.closed:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()
-            )
-            shared = self._by_loop[loop] = _Shared(session)
-        shared.users += 1
-        return shared.session
-
-    async def release(self, session: aiohttp.ClientSession) -> None:
-        shared = self._by_loop.get(asyncio.get_running_loop())
-        if shared is None or shared.session is not session:
-            return
-        shared.users -= 1
-        if shared.users <= 0:
-            del self._by_loop[asyncio.get_running_loop()]
-            await session.close()
+    others' wait for a connection and time out."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
-SESSIONS = SessionPool()
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
+
+
+#: The one aiohttp session of every HTTP-based check of a daemon.
+HTTP_SESSION: Shared[aiohttp.ClientSession] = Shared(
+    "HTTP client session", _new_session, _close_session
+)
 
 
 def late_by(started: float, timeout: float, now: float) -> float:

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from cutover.checks.base import MeasureContext, Placeholders
 from cutover.checks.promql import NoData, PromClient, PromQLSpec, QueryFailed, fmt, single_value
 from cutover.core.model import Measurement, Verdict
+from cutover.resources import Resources
 from cutover.specs import render
 
 __all__ = ["PrometheusCheck", "PrometheusCheckSpec", "judge"]
@@ -35,7 +36,7 @@ class PrometheusCheckSpec(PromQLSpec):
             raise ValueError(f"min {self.min:g} is greater than max {self.max:g}: nothing passes")
         return self
 
-    def build(self, *, placeholders: Placeholders) -> PrometheusCheck:
+    def build(self, *, placeholders: Placeholders, resources: Resources) -> PrometheusCheck:
         """Render the URL and the query strictly (an unknown placeholder raises ``ValueError``)."""
         rendered = self.model_copy(
             update={
@@ -43,7 +44,7 @@ class PrometheusCheckSpec(PromQLSpec):
                 "query": render(self.query, placeholders),
             }
         )
-        return PrometheusCheck(spec=rendered)
+        return PrometheusCheck(spec=rendered, resources=resources)
 
 
 def judge(value: float, *, high: float | None, low: float | None) -> tuple[Verdict, str]:
@@ -64,9 +65,9 @@ class PrometheusCheck:
     """One ``prometheus`` check of one cutover (implements :class:`cutover.checks.base.Check`);
     ``spec`` has its placeholders rendered."""
 
-    def __init__(self, *, spec: PrometheusCheckSpec) -> None:
+    def __init__(self, *, spec: PrometheusCheckSpec, resources: Resources) -> None:
         self.spec = spec
-        self._client = PromClient(timeout=spec.effective_timeout)
+        self._client = PromClient(timeout=spec.effective_timeout, resources=resources)
 
     @property
     def name(self) -> str:
@@ -86,4 +87,5 @@ class PrometheusCheck:
         return Measurement(verdict=verdict, value=value, detail=detail, at=time.time())
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Nothing of its own to close: its session is the daemon's
+        (:data:`~cutover.checks.net.HTTP_SESSION`)."""

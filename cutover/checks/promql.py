@@ -29,7 +29,7 @@ from pydantic import AfterValidator, Field
 
 from cutover.checks.base import CheckSpecBase
 from cutover.checks.net import (
-    SESSIONS,
+    HTTP_SESSION,
     AnswerTooLarge,
     check_url,
     no_answer_reason,
@@ -38,6 +38,7 @@ from cutover.checks.net import (
     shown_url,
 )
 from cutover.core.model import Measurement, Verdict
+from cutover.resources import Resources
 
 __all__ = [
     "NO_DATA_VERDICTS",
@@ -201,17 +202,15 @@ def single_value(answer: Answer, reduce: Reduce | None) -> float | NoData:
 
 
 class PromClient:
-    """Instant queries over the loop's shared aiohttp session (:data:`SESSIONS`), taken lazily
-    in the running loop (sessions are bound to their loop), so connections are kept alive."""
+    """Instant queries over the daemon's shared aiohttp session (:data:`HTTP_SESSION`), so
+    connections are kept alive."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, resources: Resources) -> None:
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._resources = resources
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = SESSIONS.acquire()
-        return self._session
+        return self._resources.get(HTTP_SESSION)
 
     async def query(self, url: str, promql: str) -> Answer:
         """``GET {url}/api/v1/query`` answered within :attr:`timeout`; raises
@@ -249,8 +248,3 @@ class PromClient:
         except Exception as exc:  # a check reports, it never raises (checks/base.py)
             raise QueryFailed(f"query to {shown} failed: {no_answer_reason(exc)}") from exc
         return parse_answer(status, body)
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await SESSIONS.release(session)

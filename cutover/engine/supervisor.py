@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -37,6 +38,7 @@ from cutover.engine.preflight import lower_ttls, preflight, reachable
 from cutover.engine.runner import Runner
 from cutover.errors import ConflictError, CutoverError, NotFoundError, PreflightError
 from cutover.observability.metrics import Metrics
+from cutover.resources import Resources
 from cutover.routers.base import Reading, Router
 from cutover.store.base import StateStore
 
@@ -61,20 +63,22 @@ class Supervisor:
         config: Config,
         store: StateStore,
         clock: Clock,
+        resources: Resources,
         metrics: Metrics | None = None,
         listeners: tuple[Listener, ...] = (),
         adapters: Adapters | None = None,
         act_delay: float = 0.0,
     ) -> None:
-        """``adapters`` builds a cutover's routers and checks (tests pass fakes).
-        ``act_delay`` is the runners' test hook (:class:`Runner`)."""
+        """``adapters`` builds a cutover's routers and checks (tests pass fakes); by default
+        they are built from their specs, handed ``resources``. ``act_delay`` is the runners'
+        test hook (:class:`Runner`)."""
         self.config = config
         self._act_delay = act_delay
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._listeners = listeners
-        self._adapters = adapters or _build_adapters
+        self._adapters = adapters or functools.partial(_build_adapters, resources=resources)
         self._runners: dict[str, tuple[Runner, asyncio.Task[Cutover]]] = {}
         self._by_service: dict[str, str] = {}  # service -> the id of its running cutover
         self._spawned_at: dict[str, float] = {}
@@ -444,12 +448,12 @@ class Supervisor:
 
 
 def _build_adapters(
-    spec: ServiceSpec, service: str, new: Color
+    spec: ServiceSpec, service: str, new: Color, *, resources: Resources
 ) -> tuple[dict[str, Router], dict[str, Check]]:
     placeholders = color_placeholders(service=service, new=new)
     return (
-        {r.name: r.build(new=new) for r in spec.routers},
-        {c.name: c.build(placeholders=placeholders) for c in spec.checks},
+        {r.name: r.build(new=new, resources=resources) for r in spec.routers},
+        {c.name: c.build(placeholders=placeholders, resources=resources) for c in spec.checks},
     )
 
 

@@ -39,6 +39,7 @@ from cutover.errors import StoreError
 from cutover.notify.payload import event_id, payload
 from cutover.notify.webhook import DeliveryError, RetryPolicy, Webhook
 from cutover.observability.metrics import Metrics
+from cutover.resources import SecretSink
 from cutover.store.base import StateStore
 
 __all__ = ["Notifier"]
@@ -67,13 +68,16 @@ class Notifier:
         *,
         specs: Sequence[NotifySpec],
         store: StateStore,
+        secrets: SecretSink,
         metrics: Metrics | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         self._store = store
         self._policy = policy or RetryPolicy()
         self._lanes = [
-            _Lane(Webhook(spec=spec, index=i, policy=self._policy, metrics=metrics))
+            _Lane(
+                Webhook(spec=spec, index=i, policy=self._policy, secrets=secrets, metrics=metrics)
+            )
             for i, spec in enumerate(specs)
         ]
         self._session: aiohttp.ClientSession | None = None

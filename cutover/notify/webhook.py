@@ -27,8 +27,8 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from cutover.config import NotifySpec
-from cutover.observability.logging import register_secret
 from cutover.observability.metrics import Metrics
+from cutover.resources import SecretSink
 
 __all__ = ["DeliveryError", "RetryPolicy", "Webhook"]
 
@@ -68,9 +68,11 @@ class Webhook:
         spec: NotifySpec,
         index: int,
         policy: RetryPolicy,
+        secrets: SecretSink,
         metrics: Metrics | None = None,
     ) -> None:
         self.spec = spec
+        self._secrets = secrets
         self.name = f"notify[{index}]"
         parts = urlsplit(spec.url)
         self.target = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
@@ -98,7 +100,7 @@ class Webhook:
         if not token:
             where = self.spec.token_file or f"${self.spec.token_env}"
             raise self._failed(f"the token in {where} is empty", retryable=False)
-        register_secret(token)  # the log redactor masks it wherever it might appear
+        self._secrets.add(token)  # the log redactor masks it wherever it might appear
         return token
 
     async def post(self, session: aiohttp.ClientSession, event_id: str, body: Any) -> None:

@@ -12,11 +12,12 @@ tracebacks) works three ways, recursively through dicts and lists:
 * a credential with a recognizable shape in any string (``Bearer …``/``Basic …`` as in an
   ``Authorization`` header, RFC 6750 §2.1; the password of a ``scheme://user:pass@`` URL) is
   masked, so a bearer token is never logged even in an exception's text;
-* a secret *value* registered with :func:`register_secret` when it is loaded (a TSIG secret, an
-  API key, a webhook token) is masked wherever it appears.
+* a secret *value* added to it when it is loaded (a TSIG secret, an API key, a webhook token) is
+  masked wherever it appears.
 
-The registered values live in the processor that :func:`configure_logging` installs: the
-process's logging configuration is process-wide by nature; nothing is registered at import.
+The values live in the :class:`Redactor` that :func:`configure_logging` installs and returns; the
+daemon hands that redactor to adapters as their secret sink
+(:class:`cutover.resources.SecretSink`), so nothing registers secrets through a global.
 
 Events any client can cause at will (a refused token, a malformed request, an accept that ran
 out of descriptors) go through a :class:`RateLimitedLog`: a line per interval with a count, so
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["RateLimitedLog", "Redactor", "configure_logging", "register_secret"]
+__all__ = ["RateLimitedLog", "Redactor", "configure_logging"]
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = re.compile(r"secret|passw|token|api_?key|authorization|cookie", re.IGNORECASE)
@@ -83,23 +84,6 @@ class Redactor:
         for secret in sorted(self._values, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text
-
-
-def _active_redactor() -> Redactor | None:
-    for processor in structlog.get_config()["processors"]:
-        if isinstance(processor, Redactor):
-            return processor
-    return None
-
-
-def register_secret(secret: str) -> None:
-    """Mask ``secret`` in every later log line (call it where a secret is loaded).
-
-    Without :func:`configure_logging` (unit tests, client commands) nothing logs JSON lines
-    and there is nothing to register with."""
-    redactor = _active_redactor()
-    if redactor is not None:
-        redactor.add(secret)
 
 
 class RateLimitedLog:
@@ -173,9 +157,9 @@ def configure_logging(
 ) -> Redactor:
     """Configure structlog and the stdlib root logger to write to ``stream`` (stderr).
 
-    Returns the installed :class:`Redactor`."""
+    Returns the installed :class:`Redactor`: the secret sink of the daemon's resources."""
     out = sys.stderr if stream is None else stream
-    redactor = _active_redactor() or Redactor()
+    redactor = Redactor()
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

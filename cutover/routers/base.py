@@ -18,6 +18,7 @@ from typing import Protocol, Self, cast, runtime_checkable
 from pydantic import Field, field_validator
 
 from cutover.core.model import Color
+from cutover.resources import Resources
 from cutover.specs import Duration, Spec
 
 __all__ = [
@@ -155,5 +156,5 @@ class RouterSpecBase(Spec):
         """Things only one service may drive (a backend server, a DNS record), as keys."""
         raise NotImplementedError  # each router module's spec overrides this
 
-    def build(self, *, new: Color) -> Router:
+    def build(self, *, new: Color, resources: Resources) -> Router:
         raise NotImplementedError  # each router module's spec overrides this

@@ -7,7 +7,7 @@
   when a router first needs it (preflight), so a missing secret refuses the start instead of
   breaking the daemon's config load. A secret never enters a message, a log or a ``repr``:
   errors name the file or variable, never its content, and every loaded secret is registered
-  with the log redactor (:func:`cutover.observability.logging.register_secret`).
+  with the log redactor (the :class:`~cutover.resources.SecretSink` the router was handed).
   (``dns.tsig.Key``'s own ``repr`` prints the secret, so routers keep the key private and
   never format it.)
 * :func:`exchange` sends one DNS message with a timeout and translates dnspython's and the
@@ -41,11 +41,12 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.tsig
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
 from cutover.core.dns_split import canonical_address, family_mismatch
 from cutover.errors import AdapterError, PermanentError, TransientError
-from cutover.observability.logging import register_secret
+from cutover.resources import SecretSink
 from cutover.routers.base import RouterSpecBase
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DnsSpecBase",
@@ -116,9 +117,11 @@ def parse_server(value: str, *, default_port: int = 53) -> ServerAddress:
     return host, port
 
 
-def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> str:
-    """The secret from ``file`` (stripped) or the environment variable ``env``, registered
-    with the log redactor so no log line can carry it.
+def load_secret(
+    *, file: str | None, env: str | None, what: str, who: str, secrets: SecretSink
+) -> str:
+    """The secret from ``file`` (stripped) or the environment variable ``env``, added to
+    ``secrets`` (the log redactor) so no log line can carry it.
 
     Raises :class:`PermanentError` naming the file or variable (never the content) when it
     cannot be read or is empty. A small file read at preflight: not worth a thread. Errors
@@ -133,19 +136,25 @@ def load_secret(*, file: str | None, env: str | None, what: str, who: str) -> st
             raise PermanentError(f"{who}: the {what} file {file} is not UTF-8 text") from None
         if not text:
             raise PermanentError(f"{who}: the {what} file {file} is empty")
-        register_secret(text)
+        secrets.add(text)
         return text
     if env is not None:
         text = os.environ.get(env, "").strip()
         if not text:
             raise PermanentError(f"{who}: the environment variable {env} ({what}) is not set")
-        register_secret(text)
+        secrets.add(text)
         return text
     raise PermanentError(f"{who}: no {what} configured")
 
 
 def tsig_key(
-    *, name: str, algorithm: TsigAlgorithm, secret: str, source: str, who: str
+    *,
+    name: str,
+    algorithm: TsigAlgorithm,
+    secret: str,
+    source: str,
+    who: str,
+    secrets: SecretSink,
 ) -> dns.tsig.Key:
     """A TSIG key from a base64 secret, or from a key file as BIND's ``tsig-keygen`` or Knot
     DNS's ``keymgr -t`` writes it.
@@ -162,8 +171,8 @@ def tsig_key(
     if not raw:
         raise PermanentError(f"{who}: the TSIG secret in {source} is empty")
     # the form dns.tsig.Key's repr prints, and the one inside a key file
-    register_secret(base64.b64encode(raw).decode())
-    register_secret(text)
+    secrets.add(base64.b64encode(raw).decode())
+    secrets.add(text)
     return dns.tsig.Key(name, raw, _ALGORITHMS[algorithm])
 
 

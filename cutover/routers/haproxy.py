@@ -48,15 +48,16 @@ Decisions:
 * **Other servers.** Preflight refuses a backend with unlisted non-backup servers that can take
   traffic (weight > 0, not in maint): they would take a part of the traffic outside the split.
   The observed share counts the listed servers only.
-* **One client per address, shared.** A stats socket takes ``stats maxconn`` connections at
-  once (10 by default) and resets the next one, while a daemon may drive hundreds of services
-  on one HAProxy. All routers of an address (in one event loop) share one
-  :class:`RuntimeAPI`, which opens at most :data:`MAX_CONNECTIONS` (8) at a time and serves
-  reads asked close together (:data:`READ_SPACING`) with one line of ``show servers state
-  <backend>`` commands, each read sent only after it was asked (so a read-back sees the write
-  before it). Per-backend commands rather than one ``show servers state`` of every backend: an
-  answer as large as what was asked, and HAProxy's own error for a missing backend. It keeps
-  no connection between calls, so closing a router releases nothing shared.
+* **One client per address, shared.** A stats socket takes ``stats maxconn`` connections at once
+  (10 by default) and resets the next one, while a daemon may drive hundreds of services on one
+  HAProxy. All routers of an address share one :class:`RuntimeAPI`, from the daemon's
+  :data:`RUNTIME_APIS` resource (handed to :meth:`HAProxySpec.build`), which opens at most
+  :data:`MAX_CONNECTIONS` (8) at a time and serves reads asked close together
+  (:data:`READ_SPACING`) with one line of ``show servers state <backend>`` commands, each read sent
+  only after it was asked (so a read-back sees the write before it). Per-backend commands rather
+  than one ``show servers state`` of every backend: an answer as large as what was asked, and
+  HAProxy's own error for a missing backend. It keeps no connection between calls, so closing a
+  router releases nothing shared.
 * **Order of one apply.** Servers that end up ready with weight > 0 are written first, the rest
   after, so the backend never has every server at weight 0 between two commands of a line.
 * **Errors.** Any HAProxy error answer ("No such server.", "No such backend.", a static
@@ -74,7 +75,6 @@ import csv
 import math
 import re
 import socket
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Self
@@ -84,15 +84,18 @@ from pydantic import field_validator, model_validator
 from cutover.core.model import Color, other_color
 from cutover.core.weights import effective_share, split_weights
 from cutover.errors import AdapterError, PermanentError, TransientError
+from cutover.resources import Resources, Shared
 from cutover.routers.base import Reading, RouterSpecBase, RouterState
 
 __all__ = [
     "DYNAMIC_ALGORITHMS",
     "MAX_CONNECTIONS",
     "READ_SPACING",
+    "RUNTIME_APIS",
     "HAProxyRouter",
     "HAProxySpec",
     "RuntimeAPI",
+    "RuntimeAPIs",
     "RuntimeAddress",
     "parse_runtime_api",
 ]
@@ -207,12 +210,12 @@ class HAProxySpec(RouterSpecBase):
             for server in (*self.blue, *self.green)
         }
 
-    def build(self, *, new: Color) -> HAProxyRouter:
-        return HAProxyRouter(self, new=new)
+    def build(self, *, new: Color, resources: Resources) -> HAProxyRouter:
+        return HAProxyRouter(self, new=new, clients=resources.get(RUNTIME_APIS))
 
 
 class RuntimeAPI:
-    """The HAProxy runtime API client of one address, shared by every router of one event loop.
+    """The HAProxy runtime API client of one address, shared by every router of a daemon.
 
     :meth:`run` sends ``set severity-output number; <cmd>; <cmd>…`` as one line on its own
     connection and returns each command's answer (``""`` for a silent success);
@@ -222,8 +225,8 @@ class RuntimeAPI:
 
     It holds no connection between calls, so a router's ``aclose`` has nothing to release here,
     and while idle nothing loop-bound either: the semaphore lives for one busy period, a read
-    batch until it is answered. Get it with :meth:`of`, never build one per router: the bound
-    only holds if every router of an address shares it.
+    batch until it is answered. Get it from the daemon's :class:`RuntimeAPIs`, never build one
+    per router: the bound only holds if every router of an address shares it.
     """
 
     def __init__(self, target: RuntimeAddress) -> None:
@@ -233,15 +236,14 @@ class RuntimeAPI:
         self._users = 0  # calls holding or waiting for a connection slot
         self._batch: _ReadBatch | None = None  # reads asked for and not yet sent
         self._last_read = -math.inf  # loop time the last batch was sent
+        self._unanswered: set[_ReadBatch] = set()  # batches waiting to be sent or answered
 
-    @staticmethod
-    def of(target: RuntimeAddress) -> RuntimeAPI:
-        """The client of ``target`` in the running event loop."""
-        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(target)
-        if client is None:
-            client = clients[target] = RuntimeAPI(target)
-        return client
+    def cancel_reads(self) -> None:
+        """Stop the reads not answered yet: their askers get a TransientError."""
+        for batch in list(self._unanswered):
+            batch.cancel()
+            # a task cancelled before it ran never reaches its ``finally``: answer here too
+            self._answer_cancelled(batch)
 
     async def run(self, commands: Sequence[str], *, within: float) -> list[str]:
         """One line, one connection; ``within`` seconds bound waiting for a free connection too."""
@@ -287,6 +289,7 @@ class RuntimeAPI:
         if batch is None:
             batch = self._batch = _ReadBatch(asyncio.get_running_loop().create_future())
             batch.task = asyncio.create_task(self._send(batch), name=f"read {self.address}")
+            self._unanswered.add(batch)
         batch.backends.add(backend)
         batch.within = max(batch.within, within)
         batch.waiters += 1
@@ -320,12 +323,16 @@ class RuntimeAPI:
         except AdapterError as exc:
             batch.answers.set_result(exc)
         finally:
+            self._unanswered.discard(batch)
             if self._batch is batch:
                 self._batch = None
-            if not batch.answers.done():  # cancelled
-                batch.answers.set_result(
-                    TransientError(f"HAProxy runtime API {self.address}: the read was cancelled")
-                )
+            self._answer_cancelled(batch)
+
+    def _answer_cancelled(self, batch: _ReadBatch) -> None:
+        if not batch.answers.done():
+            batch.answers.set_result(
+                TransientError(f"HAProxy runtime API {self.address}: the read was cancelled")
+            )
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -403,12 +410,29 @@ class _ReadBatch:
             self.task.cancel()
 
 
-#: Each event loop's clients, by address. Routers are built from specs with no owner to hand
-#: them a shared client, so the registry is here; it is weak on the loop (a client holds
-#: nothing loop-bound while idle), so a finished loop's clients go with it and no client is
-#: ever used from two loops.
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[RuntimeAddress, RuntimeAPI]]
-_CLIENTS = weakref.WeakKeyDictionary()
+class RuntimeAPIs:
+    """The daemon's :class:`RuntimeAPI` clients, one per address, made when first asked for."""
+
+    def __init__(self) -> None:
+        self._clients: dict[RuntimeAddress, RuntimeAPI] = {}
+
+    def of(self, target: RuntimeAddress) -> RuntimeAPI:
+        client = self._clients.get(target)
+        if client is None:
+            client = self._clients[target] = RuntimeAPI(target)
+        return client
+
+    async def aclose(self) -> None:
+        """Stop the reads not answered yet (the clients keep no connection between calls)."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            client.cancel_reads()
+
+
+#: The HAProxy runtime API clients every router (and a check reading HAProxy) shares.
+RUNTIME_APIS: Shared[RuntimeAPIs] = Shared(
+    "HAProxy runtime API clients", RuntimeAPIs, RuntimeAPIs.aclose
+)
 
 
 def split_answers(text: str) -> list[str]:
@@ -511,13 +535,13 @@ class HAProxyRouter:
     :class:`PermanentError`.
     """
 
-    def __init__(self, spec: HAProxySpec, *, new: Color) -> None:
+    def __init__(self, spec: HAProxySpec, *, new: Color, clients: RuntimeAPIs) -> None:
         self._spec = spec
         self._new: tuple[str, ...] = tuple(spec.green if new == "green" else spec.blue)
         self._old: tuple[str, ...] = tuple(spec.blue if new == "green" else spec.green)
         self._new_color: Color = new
         self._who = f"router {spec.name!r}"
-        self._target = parse_runtime_api(spec.runtime_api)
+        self._api = clients.of(parse_runtime_api(spec.runtime_api))
         self._iweights: dict[str, int] | None = None
 
     @property
@@ -647,7 +671,7 @@ class HAProxyRouter:
     async def _run(self, commands: Sequence[str]) -> list[str]:
         """One line on the shared client of the address; errors name this router."""
         try:
-            return await RuntimeAPI.of(self._target).run(commands, within=self._spec.timeout)
+            return await self._api.run(commands, within=self._spec.timeout)
         except AdapterError as exc:
             raise type(exc)(f"{self._who}: {exc}") from exc
 
@@ -682,9 +706,7 @@ class HAProxyRouter:
 
     async def _read(self) -> dict[str, _Server]:
         try:
-            answer = await RuntimeAPI.of(self._target).servers_state(
-                self.backend, within=self._spec.timeout
-            )
+            answer = await self._api.servers_state(self.backend, within=self._spec.timeout)
         except AdapterError as exc:
             raise type(exc)(f"{self._who}: {exc}") from exc
         return self._listed_servers(answer)

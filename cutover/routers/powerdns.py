@@ -50,6 +50,8 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+from pydantic import Field, field_validator, model_validator
+
 from cutover.core.dns_split import (
     FAMILIES,
     Family,
@@ -65,9 +67,8 @@ from cutover.core.dns_split import (
 )
 from cutover.core.model import Color, other_color
 from cutover.errors import PermanentError, TransientError
+from cutover.resources import Resources, SecretSink
 from cutover.routers.base import Reading, RouterState
-from pydantic import Field, field_validator, model_validator
-
 from cutover.routers.dns_common import (
     DnsSpecBase,
     ServerAddress,
@@ -158,8 +159,8 @@ class PowerDNSSpec(DnsSpecBase):
             raise ValueError("give exactly one of api_key_file or api_key_env")
         return self
 
-    def build(self, *, new: Color) -> PowerDNSRouter:
-        return PowerDNSRouter(self, new=new)
+    def build(self, *, new: Color, resources: Resources) -> PowerDNSRouter:
+        return PowerDNSRouter(self, new=new, secrets=resources.secrets)
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,9 @@ class PowerDNSRouter:
     Holds one :class:`aiohttp.ClientSession`, made in the running loop at first use and
     closed by :meth:`aclose`."""
 
-    def __init__(self, spec: PowerDNSSpec, *, new: Color) -> None:
+    def __init__(self, spec: PowerDNSSpec, *, new: Color, secrets: SecretSink) -> None:
         self._spec = spec
+        self._secrets = secrets
         self._new_color: Color = new
         self._new: tuple[str, ...] = tuple(spec.green if new == "green" else spec.blue)
         self._old: tuple[str, ...] = tuple(spec.blue if new == "green" else spec.green)
@@ -347,6 +349,7 @@ class PowerDNSRouter:
                 env=self._spec.api_key_env,
                 what="PowerDNS API key",
                 who=self._who,
+                secrets=self._secrets,
             )
             self._session = aiohttp.ClientSession(
                 headers={"X-API-Key": key, "Accept": "application/json"},

@@ -54,6 +54,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 import dns.update
+from pydantic import Field, field_validator, model_validator
+
 from cutover.core.dns_split import (
     FAMILIES,
     Family,
@@ -67,10 +69,8 @@ from cutover.core.dns_split import (
 )
 from cutover.core.model import Color, other_color
 from cutover.errors import PermanentError, TransientError
+from cutover.resources import Resources, SecretSink
 from cutover.routers.base import Reading, RouterState
-from cutover.specs import Spec
-from pydantic import Field, field_validator, model_validator
-
 from cutover.routers.dns_common import (
     DnsSpecBase,
     KeyId,
@@ -83,6 +83,7 @@ from cutover.routers.dns_common import (
     rcode_error,
     tsig_key,
 )
+from cutover.specs import Spec
 
 __all__ = ["Rfc2136Router", "Rfc2136Spec", "TsigSpec"]
 
@@ -133,8 +134,8 @@ class Rfc2136Spec(DnsSpecBase):
         parse_server(value)
         return value
 
-    def build(self, *, new: Color) -> Rfc2136Router:
-        return Rfc2136Router(self, new=new)
+    def build(self, *, new: Color, resources: Resources) -> Rfc2136Router:
+        return Rfc2136Router(self, new=new, secrets=resources.secrets)
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,9 @@ class _Snapshot:
 class Rfc2136Router:
     """Sets and reads the addresses of one DNS name over RFC 2136 (see the module docstring)."""
 
-    def __init__(self, spec: Rfc2136Spec, *, new: Color) -> None:
+    def __init__(self, spec: Rfc2136Spec, *, new: Color, secrets: SecretSink) -> None:
         self._spec = spec
+        self._secrets = secrets
         self._new_color: Color = new
         self._new: tuple[str, ...] = tuple(spec.green if new == "green" else spec.blue)
         self._old: tuple[str, ...] = tuple(spec.blue if new == "green" else spec.green)
@@ -256,7 +258,11 @@ class Rfc2136Router:
                 else f"environment variable {tsig.secret_env}"
             )
             secret = load_secret(
-                file=tsig.secret_file, env=tsig.secret_env, what="TSIG secret", who=self._who
+                file=tsig.secret_file,
+                env=tsig.secret_env,
+                what="TSIG secret",
+                who=self._who,
+                secrets=self._secrets,
             )
             self._key = tsig_key(
                 name=tsig.name,
@@ -264,6 +270,7 @@ class Rfc2136Router:
                 secret=secret,
                 source=source,
                 who=self._who,
+                secrets=self._secrets,
             )
         return dns.update.UpdateMessage(self._zone, keyring=self._key)
 

@@ -33,10 +33,12 @@ from pydantic import ValidationError
 
 from cutover.config import load_config
 from cutover.errors import AdapterError, PermanentError, TransientError
-from cutover.observability.logging import configure_logging
+from cutover.observability.logging import Redactor, configure_logging
+from cutover.resource_pool import ResourcePool
 from cutover.routers.dns_common import exchange, exchange_all
 from cutover.routers.powerdns import PowerDNSRouter, PowerDNSSpec, lua_content
 from cutover.routers.rfc2136 import Rfc2136Router, Rfc2136Spec
+from cutover.testing import resource_pool
 from demo.dnsservers import Bind, PowerDNS, find_binary, free_dns_port, new_tsig_key
 from demo.knotdns import Knot
 from demo.stack import Child, make_workdir
@@ -211,12 +213,18 @@ def rfc2136_spec(bind: Bind | Knot | PowerDNS, secret_file: Path, **changes: Any
     return Rfc2136Spec.model_validate(values, strict=True)
 
 
-def bind_router(bind: Bind, tmp_path: Path, **changes: Any) -> Rfc2136Router:
-    return rfc2136_spec(bind, write_secret(tmp_path, bind.key.secret), **changes).build(new="green")
+def bind_router(
+    resources: ResourcePool, bind: Bind, tmp_path: Path, **changes: Any
+) -> Rfc2136Router:
+    return rfc2136_spec(bind, write_secret(tmp_path, bind.key.secret), **changes).build(
+        new="green", resources=resources
+    )
 
 
-async def test_bind_shares_publish_the_documented_rrsets(bind_server: Bind, tmp_path: Path) -> None:
-    router = bind_router(bind_server, tmp_path)
+async def test_bind_shares_publish_the_documented_rrsets(
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
+) -> None:
+    router = bind_router(resources, bind_server, tmp_path)
     assert router.kind == "rfc2136" and router.name == "dns"
     serial0 = await serial(bind_server.server)
     await router.preflight()  # the signed no-op update changes nothing
@@ -253,9 +261,11 @@ async def test_bind_shares_publish_the_documented_rrsets(bind_server: Bind, tmp_
 
 
 async def test_bind_dual_stack_changes_both_families_in_one_update(
-    bind_server: Bind, tmp_path: Path
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = bind_router(bind_server, tmp_path, record=DUAL, blue=DUAL_BLUE, green=DUAL_GREEN)
+    router = bind_router(
+        resources, bind_server, tmp_path, record=DUAL, blue=DUAL_BLUE, green=DUAL_GREEN
+    )
     await router.preflight()
     assert (await router.observe()).state == {
         "A": "192.0.2.10",
@@ -282,11 +292,13 @@ async def test_bind_dual_stack_changes_both_families_in_one_update(
             assert "A 2/3 new, AAAA 1/2 new" in reading.detail
 
 
-async def test_bind_ipv6_only_name(bind_server: Bind, tmp_path: Path) -> None:
+async def test_bind_ipv6_only_name(
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
+) -> None:
     blue, green = ["2001:db8::b1"], ["2001:db8::a1", "2001:db8::a2"]
     v6 = f"v6.{DNS_ZONE}"
     await raw_update(bind_server, lambda u: u.replace("v6", 300, "AAAA", *blue))
-    router = bind_router(bind_server, tmp_path, record=v6, blue=blue, green=green)
+    router = bind_router(resources, bind_server, tmp_path, record=v6, blue=blue, green=green)
     await router.preflight()
     await router.apply(50)
     assert (await rrset(bind_server.server, v6, "AAAA"))[0] == {"2001:db8::b1", "2001:db8::a1"}
@@ -297,9 +309,9 @@ async def test_bind_ipv6_only_name(bind_server: Bind, tmp_path: Path) -> None:
 
 
 async def test_bind_lower_ttl_republishes_with_the_configured_ttl(
-    bind_server: Bind, tmp_path: Path
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = bind_router(bind_server, tmp_path, ttl=5)
+    router = bind_router(resources, bind_server, tmp_path, ttl=5)
     await router.preflight()
     before = await serial(bind_server.server)
     assert await rrset(bind_server.server, WWW, "A") == (set(BLUE), 300)
@@ -340,9 +352,9 @@ async def nsupdate(bind: Bind, commands: str) -> None:
 
 
 async def test_bind_concurrent_edit_blocks_a_forward_shift_but_not_a_rollback(
-    bind_server: Bind, tmp_path: Path
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = bind_router(bind_server, tmp_path)
+    router = bind_router(resources, bind_server, tmp_path)
     await router.preflight()
     await router.apply(25)
     # someone adds an address by hand after our write
@@ -375,11 +387,13 @@ async def test_bind_concurrent_edit_blocks_a_forward_shift_but_not_a_rollback(
 
 
 async def test_bind_wrong_secret_is_a_clear_permanent_error(
-    bind_server: Bind, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bind_server: Bind, tmp_path: Path, caplog: pytest.LogCaptureFixture, resources: ResourcePool
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = new_tsig_key().secret
-    router = rfc2136_spec(bind_server, write_secret(tmp_path, wrong)).build(new="green")
+    router = rfc2136_spec(bind_server, write_secret(tmp_path, wrong)).build(
+        new="green", resources=resources
+    )
     with pytest.raises(PermanentError) as at_preflight:
         await router.preflight()
     with pytest.raises(PermanentError) as at_apply:
@@ -406,22 +420,32 @@ async def test_bind_wrong_secret_is_a_clear_permanent_error(
             "secret_file": str(tmp_path / "tsig.secret"),
         },
     ):
-        other = rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green")
+        other = rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(
+            new="green", resources=resources
+        )
         with pytest.raises(PermanentError, match="BADKEY") as info:
             await other.preflight()
         assert bind_server.key.secret not in everything_said(info.value, caplog)
 
 
 async def test_bind_secret_sources(
-    bind_server: Bind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bind_server: Bind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resources: ResourcePool
 ) -> None:
     # an environment variable
     monkeypatch.setenv("CUTOVER_TEST_TSIG", bind_server.key.secret)
     tsig = {"name": "cutover-key.", "secret_env": "CUTOVER_TEST_TSIG"}
-    await rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green").preflight()
+    await (
+        rfc2136_spec(bind_server, tmp_path, tsig=tsig)
+        .build(new="green", resources=resources)
+        .preflight()
+    )
     # a BIND key file, as tsig-keygen writes it
     tsig = {"name": "cutover-key.", "secret_file": str(bind_server.workdir / "tsig.key")}
-    await rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green").preflight()
+    await (
+        rfc2136_spec(bind_server, tmp_path, tsig=tsig)
+        .build(new="green", resources=resources)
+        .preflight()
+    )
     # missing: named, not guessed
     monkeypatch.delenv("CUTOVER_TEST_TSIG")
     problems = [
@@ -430,16 +454,20 @@ async def test_bind_secret_sources(
         ({"name": "k.", "secret_file": str(write_secret(tmp_path, "not*base64", "bad"))}, "base64"),
     ]
     for tsig, where in problems:
-        router = rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green")
+        router = rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(
+            new="green", resources=resources
+        )
         with pytest.raises(PermanentError, match="router 'dns'") as info:
             await router.preflight()
         assert where in str(info.value)
         assert "not*base64" not in str(info.value)
 
 
-async def test_bind_preflight_refusals(bind_server: Bind, tmp_path: Path) -> None:
+async def test_bind_preflight_refusals(
+    bind_server: Bind, tmp_path: Path, resources: ResourcePool
+) -> None:
     async def refusal(error: type[AdapterError], **changes: Any) -> str:
-        router = bind_router(bind_server, tmp_path, **changes)
+        router = bind_router(resources, bind_server, tmp_path, **changes)
         with pytest.raises(error) as info:
             await router.preflight()
         print(info.value)
@@ -574,12 +602,14 @@ async def test_read_back_queries_to_a_closed_port_are_transient() -> None:
         await exchange_all([query], down, within=2.0, who="router 'dns'")
 
 
-async def test_rfc2136_against_powerdns(pdns_server: PowerDNS, tmp_path: Path) -> None:
+async def test_rfc2136_against_powerdns(
+    pdns_server: PowerDNS, tmp_path: Path, resources: ResourcePool
+) -> None:
     """The same router drives PowerDNS over RFC 2136, whose bad-TSIG answer is unsigned."""
     key = new_tsig_key()
     await pdns_server.allow_update(DNS_ZONE, key)
     spec = rfc2136_spec(pdns_server, write_secret(tmp_path, key.secret), blue=["192.0.2.10"])
-    router = spec.build(new="green")
+    router = spec.build(new="green", resources=resources)
     before = await serial(pdns_server.server)
     await router.preflight()  # the signed no-op update changes nothing here either
     assert await serial(pdns_server.server) == before
@@ -589,7 +619,7 @@ async def test_rfc2136_against_powerdns(pdns_server: PowerDNS, tmp_path: Path) -
     assert (await router.observe()).state == router.expected(50)
     wrong = rfc2136_spec(pdns_server, write_secret(tmp_path, new_tsig_key().secret, "wrong"))
     with pytest.raises(PermanentError, match="REFUSED, unsigned: ") as info:
-        await wrong.build(new="green").preflight()
+        await wrong.build(new="green", resources=resources).preflight()
     assert pdns_server.server in str(info.value) and key.secret not in str(info.value)
 
 
@@ -614,9 +644,11 @@ def pdns_spec(pdns: PowerDNS, key_file: Path, **changes: Any) -> PowerDNSSpec:
 
 
 @pytest.fixture
-async def pdns_router(pdns_server: PowerDNS, tmp_path: Path) -> AsyncIterator[PowerDNSRouter]:
+async def pdns_router(
+    pdns_server: PowerDNS, tmp_path: Path, resources: ResourcePool
+) -> AsyncIterator[PowerDNSRouter]:
     router = pdns_spec(pdns_server, write_secret(tmp_path, pdns_server.api_key, "pdns.key")).build(
-        new="green"
+        new="green", resources=resources
     )
     try:
         yield router
@@ -686,7 +718,7 @@ async def test_powerdns_split_follows_the_share(
 
 
 async def test_powerdns_dual_stack_and_other_lua_records(
-    pdns_server: PowerDNS, tmp_path: Path
+    pdns_server: PowerDNS, tmp_path: Path, resources: ResourcePool
 ) -> None:
     dual = f"dual.{DNS_ZONE}"
     txt = "TXT \"'kept as it is'\""
@@ -709,7 +741,7 @@ async def test_powerdns_dual_stack_and_other_lua_records(
     spec = pdns_spec(
         pdns_server, key, record=dual, blue=DUAL_BLUE, green=["198.51.100.10", "2001:db8::a1"]
     )
-    router = spec.build(new="green")
+    router = spec.build(new="green", resources=resources)
     try:
         await router.preflight()
         await router.apply(25)
@@ -751,12 +783,12 @@ async def test_powerdns_lower_ttl(pdns_server: PowerDNS, pdns_router: PowerDNSRo
 
 
 async def test_powerdns_wrong_api_key_is_a_clear_permanent_error(
-    pdns_server: PowerDNS, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pdns_server: PowerDNS, tmp_path: Path, caplog: pytest.LogCaptureFixture, resources: ResourcePool
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-" + pdns_server.api_key[::-1]
     key_file = write_secret(tmp_path, wrong, "pdns.key")
-    router = pdns_spec(pdns_server, key_file).build(new="green")
+    router = pdns_spec(pdns_server, key_file).build(new="green", resources=resources)
     try:
         calls: list[Callable[[], Awaitable[object]]] = [
             router.preflight,
@@ -777,11 +809,13 @@ async def test_powerdns_wrong_api_key_is_a_clear_permanent_error(
         await router.aclose()
 
 
-async def test_powerdns_preflight_refusals(pdns_server: PowerDNS, tmp_path: Path) -> None:
+async def test_powerdns_preflight_refusals(
+    pdns_server: PowerDNS, tmp_path: Path, resources: ResourcePool
+) -> None:
     key = write_secret(tmp_path, pdns_server.api_key, "pdns.key")
 
     async def refusal(error: type[AdapterError], spec: PowerDNSSpec) -> str:
-        router = spec.build(new="green")
+        router = spec.build(new="green", resources=resources)
         try:
             with pytest.raises(error) as info:
                 await router.preflight()
@@ -852,30 +886,38 @@ async def test_powerdns_read_back_also_asks_dns_for_a_family_only_the_record_has
 
 
 @pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """The daemon's logging set-up, writing into a buffer (restored afterwards)."""
+def json_logs() -> Iterator[tuple[io.StringIO, Redactor]]:
+    """The daemon's logging set-up, writing into a buffer (restored afterwards), and its
+    redactor: the secret sink of the daemon's resources."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     buffer = io.StringIO()
-    configure_logging("debug", stream=buffer)
-    yield buffer
+    yield buffer, configure_logging("debug", stream=buffer)
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
 
 
 async def test_loaded_secrets_are_masked_in_the_daemons_logs(
-    bind_server: Bind, pdns_server: PowerDNS, tmp_path: Path, json_logs: io.StringIO
+    bind_server: Bind,
+    pdns_server: PowerDNS,
+    tmp_path: Path,
+    json_logs: tuple[io.StringIO, Redactor],
 ) -> None:
+    buffer, redactor = json_logs
     # the TSIG secret from a BIND key file: both the file's text and the key's base64 count
     tsig = {"name": "cutover-key.", "secret_file": str(bind_server.workdir / "tsig.key")}
-    await rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green").preflight()
     pdns = pdns_spec(pdns_server, write_secret(tmp_path, pdns_server.api_key, "pdns.key"))
-    router = pdns.build(new="green")
-    try:
-        await router.preflight()
-    finally:
-        await router.aclose()
+    async with resource_pool(redactor) as resources:  # as the daemon hands it its redactor
+        rfc2136 = rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(
+            new="green", resources=resources
+        )
+        await rfc2136.preflight()
+        router = pdns.build(new="green", resources=resources)
+        try:
+            await router.preflight()
+        finally:
+            await router.aclose()
     key = dns.tsig.Key(bind_server.key.name, bind_server.key.secret, dns.tsig.HMAC_SHA256)
     log = structlog.get_logger()
     log.info("careless", what=f"{key!r} {pdns_server.api_key}")  # repr(Key) shows the secret
@@ -883,6 +925,6 @@ async def test_loaded_secrets_are_masked_in_the_daemons_logs(
         raise ValueError(f"bad {bind_server.key.secret}")
     except ValueError:
         log.exception("update failed")
-    logs = json_logs.getvalue()
+    logs = buffer.getvalue()
     assert bind_server.key.secret not in logs and pdns_server.api_key not in logs, logs
     assert logs.count("[redacted]") >= 3

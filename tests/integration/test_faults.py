@@ -29,6 +29,7 @@ from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
+from cutover.testing import resource_pool
 from demo.stack import HAProxyStack
 
 __all__ = ["DelayProxy"]
@@ -120,8 +121,13 @@ class Daemon:
         )
         self.store = SqliteStore(path=str(tmp / "state.db"))
         self.metrics = Metrics()
+        self.resources = resource_pool()
         self.sup = Supervisor(
-            config=self.config, store=self.store, clock=SystemClock(), metrics=self.metrics
+            config=self.config,
+            store=self.store,
+            clock=SystemClock(),
+            resources=self.resources,
+            metrics=self.metrics,
         )
 
     async def __aenter__(self) -> Daemon:
@@ -131,6 +137,7 @@ class Daemon:
 
     async def __aexit__(self, *_: object) -> None:
         await self.sup.stop()
+        await self.resources.aclose()
         await self.store.aclose()
 
     async def until(self, cid: str, pred: Callable[[Cutover], bool], within: float) -> float:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import re
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,14 +19,16 @@ from pydantic import ValidationError
 from cutover.engine.actuation import rollback_once, shift
 from cutover.engine.clock import SystemClock
 from cutover.errors import PermanentError, TransientError
+from cutover.resource_pool import ResourcePool
 from cutover.routers.base import Reading
 from cutover.routers.haproxy import (
     MAX_CONNECTIONS,
+    RUNTIME_APIS,
     HAProxyRouter,
     HAProxySpec,
-    RuntimeAPI,
     parse_runtime_api,
 )
+from cutover.testing import resource_pool
 from demo.stack import free_port, split
 from tests.integration.conftest import HAProxyStack
 
@@ -72,8 +72,12 @@ async def observe_until(
     return reading
 
 
-async def ready_router(stack: HAProxyStack, **overrides: object) -> HAProxyRouter:
-    router = HAProxySpec.model_validate(stack.spec_values(**overrides)).build(new="green")
+async def ready_router(
+    resources: ResourcePool, stack: HAProxyStack, **overrides: object
+) -> HAProxyRouter:
+    router = HAProxySpec.model_validate(stack.spec_values(**overrides)).build(
+        new="green", resources=resources
+    )
     await router.preflight()
     return router
 
@@ -81,8 +85,10 @@ async def ready_router(stack: HAProxyStack, **overrides: object) -> HAProxyRoute
 # (a) the share set is the share measured -------------------------------------------------------
 
 
-async def test_measured_split_follows_share(haproxy_stack: HAProxyStack) -> None:
-    router = await ready_router(haproxy_stack)
+async def test_measured_split_follows_share(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    router = await ready_router(resources, haproxy_stack)
     assert router.kind == "haproxy" and router.name == "checkout-lb"
     for share in (0, 10, 33, 50, 90, 100):
         await router.apply(share)
@@ -97,8 +103,10 @@ async def test_measured_split_follows_share(haproxy_stack: HAProxyStack) -> None
 @pytest.mark.parametrize(
     "haproxy_stack", [{"blue1": 30, "blue2": 10, "green1": 5, "green2": 20}], indirect=True
 )
-async def test_unequal_configured_weights(haproxy_stack: HAProxyStack) -> None:
-    router = await ready_router(haproxy_stack)
+async def test_unequal_configured_weights(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    router = await ready_router(resources, haproxy_stack)
     assert router.configured_weights == {"blue1": 30, "blue2": 10, "green1": 5, "green2": 20}
     weights = router.weights(50)
     # in proportion to the configured weights within each color
@@ -117,10 +125,12 @@ async def test_unequal_configured_weights(haproxy_stack: HAProxyStack) -> None:
 
 
 @pytest.mark.parametrize("form", ["unix", "tcp"])
-async def test_observe_matches_expected(haproxy_stack: HAProxyStack, form: str) -> None:
+async def test_observe_matches_expected(
+    haproxy_stack: HAProxyStack, form: str, resources: ResourcePool
+) -> None:
     api = haproxy_stack.runtime_unix if form == "unix" else haproxy_stack.runtime_tcp
     assert api.startswith(f"{form}:")
-    router = await ready_router(haproxy_stack, runtime_api=api)
+    router = await ready_router(resources, haproxy_stack, runtime_api=api)
     for share in (0, 1, 10, 33, 50, 90, 99, 100):
         await router.apply(share)
         reading = await router.observe()
@@ -139,9 +149,9 @@ async def test_observe_matches_expected(haproxy_stack: HAProxyStack, form: str) 
 
 
 async def test_drain_by_someone_else_is_visible_and_reasserted(
-    haproxy_stack: HAProxyStack,
+    haproxy_stack: HAProxyStack, resources: ResourcePool
 ) -> None:
-    router = await ready_router(haproxy_stack)
+    router = await ready_router(resources, haproxy_stack)
     await router.apply(50)
     await haproxy_stack.haproxy.cli("set server checkout/green1 state drain")
     reading = await router.observe()
@@ -157,8 +167,8 @@ async def test_drain_by_someone_else_is_visible_and_reasserted(
 # (c) evacuate and come back ---------------------------------------------------------------------
 
 
-async def test_evacuate_then_forward(haproxy_stack: HAProxyStack) -> None:
-    router = await ready_router(haproxy_stack)
+async def test_evacuate_then_forward(haproxy_stack: HAProxyStack, resources: ResourcePool) -> None:
+    router = await ready_router(resources, haproxy_stack)
     await router.apply(50)
     await router.apply(0, evacuate=True)
     reading = await router.observe()
@@ -177,10 +187,12 @@ async def test_evacuate_then_forward(haproxy_stack: HAProxyStack) -> None:
 # (d) what HAProxy does not have --------------------------------------------------------------
 
 
-async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStack) -> None:
+async def test_missing_server_or_backend_is_permanent(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
     router = HAProxySpec.model_validate(
         haproxy_stack.spec_values(green=["green1", "green2", "green3"])
-    ).build(new="green")
+    ).build(new="green", resources=resources)
     with pytest.raises(PermanentError, match=r"checkout-lb.*'checkout'.*green3") as info:
         await router.preflight()
     print(f"missing server: {info.value}")
@@ -188,7 +200,7 @@ async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStac
         await router.apply(10)
 
     router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend="nosuch")).build(
-        new="green"
+        new="green", resources=resources
     )
     with pytest.raises(PermanentError, match=r"checkout-lb.*'nosuch'") as info:
         await router.preflight()
@@ -196,7 +208,7 @@ async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStac
 
     # blue2 is left out of the spec but would still take traffic
     router = HAProxySpec.model_validate(haproxy_stack.spec_values(blue=["blue1"])).build(
-        new="green"
+        new="green", resources=resources
     )
     with pytest.raises(PermanentError, match=r"blue2 in neither blue nor green"):
         await router.preflight()
@@ -205,22 +217,24 @@ async def test_missing_server_or_backend_is_permanent(haproxy_stack: HAProxyStac
 # (e) unreachable runtime API ------------------------------------------------------------------
 
 
-async def test_unreachable_socket_is_transient(haproxy_stack: HAProxyStack, tmp_path: Path) -> None:
+async def test_unreachable_socket_is_transient(
+    haproxy_stack: HAProxyStack, tmp_path: Path, resources: ResourcePool
+) -> None:
     missing = f"unix:{tmp_path}/no-such.sock"
-    router = spec(runtime_api=missing).build(new="green")
+    router = spec(runtime_api=missing).build(new="green", resources=resources)
     for call in (router.preflight(), router.observe(), router.apply(10)):
         with pytest.raises(TransientError, match=r"checkout-lb.*no-such\.sock.*not found") as info:
             await call
     print(f"missing unix socket: {info.value}")
 
     closed = f"tcp:127.0.0.1:{free_port()}"
-    router = spec(runtime_api=closed).build(new="green")
+    router = spec(runtime_api=closed).build(new="green", resources=resources)
     with pytest.raises(TransientError, match=r"checkout-lb.*" + closed + ".*refused") as info:
         await router.observe()
     print(f"closed tcp port: {info.value}")
 
 
-async def test_silent_runtime_api_times_out() -> None:
+async def test_silent_runtime_api_times_out(resources: ResourcePool) -> None:
     release = asyncio.Event()
     handlers: list[asyncio.Task[object]] = []
 
@@ -235,7 +249,9 @@ async def test_silent_runtime_api_times_out() -> None:
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        router = spec(runtime_api=f"tcp:127.0.0.1:{port}", timeout="200ms").build(new="green")
+        router = spec(runtime_api=f"tcp:127.0.0.1:{port}", timeout="200ms").build(
+            new="green", resources=resources
+        )
         t0 = time.monotonic()
         with pytest.raises(TransientError, match=r"checkout-lb.*no answer within 0\.2s"):
             await router.observe()
@@ -251,14 +267,14 @@ async def test_silent_runtime_api_times_out() -> None:
 
 
 async def test_many_routers_on_one_haproxy_at_default_stats_maxconn(
-    haproxy_stack: HAProxyStack,
+    haproxy_stack: HAProxyStack, resources: ResourcePool
 ) -> None:
     """HAProxy's stats socket resets connections beyond ``stats maxconn`` (10 by default, as
     in the test stack): 40 routers writing and reading at once must still all succeed."""
     routers = [
         HAProxySpec.model_validate(
             haproxy_stack.spec_values(name=f"svc{i}", backend=("checkout", "randomized")[i % 2])
-        ).build(new="green")
+        ).build(new="green", resources=resources)
         for i in range(40)
     ]
     await asyncio.gather(*(r.preflight() for r in routers))
@@ -276,10 +292,14 @@ async def test_many_routers_on_one_haproxy_at_default_stats_maxconn(
     assert (await routers[0].observe()).state == routers[0].expected(0)  # still usable
 
 
-async def test_coalesced_reads_after_a_write_see_the_write(haproxy_stack: HAProxyStack) -> None:
-    writer = await ready_router(haproxy_stack)
+async def test_coalesced_reads_after_a_write_see_the_write(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    writer = await ready_router(resources, haproxy_stack)
     readers = [
-        HAProxySpec.model_validate(haproxy_stack.spec_values(name=f"r{i}")).build(new="green")
+        HAProxySpec.model_validate(haproxy_stack.spec_values(name=f"r{i}")).build(
+            new="green", resources=resources
+        )
         for i in range(25)
     ]
     for share in (30, 70, 0):
@@ -291,8 +311,12 @@ async def test_coalesced_reads_after_a_write_see_the_write(haproxy_stack: HAProx
         }
 
 
-async def test_apply_and_observe_returns_the_written_state(haproxy_stack: HAProxyStack) -> None:
-    router = HAProxySpec.model_validate(haproxy_stack.spec_values()).build(new="green")
+async def test_apply_and_observe_returns_the_written_state(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    router = HAProxySpec.model_validate(haproxy_stack.spec_values()).build(
+        new="green", resources=resources
+    )
     for share in (0, 25, 50, 100):
         reading = await router.apply_and_observe(share)  # the first one learns the weights
         assert reading.state == router.expected(share)
@@ -304,10 +328,10 @@ async def test_apply_and_observe_returns_the_written_state(haproxy_stack: HAProx
 
 
 async def test_apply_and_observe_reports_an_haproxy_error_as_apply_does(
-    haproxy_stack: HAProxyStack,
+    haproxy_stack: HAProxyStack, resources: ResourcePool
 ) -> None:
     router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend="static")).build(
-        new="green"
+        new="green", resources=resources
     )
     with pytest.raises(PermanentError, match=r"server 'blue1'.*static LB algorithm") as applied:
         await router.apply(10)
@@ -400,9 +424,11 @@ class FakeRuntimeAPI:
         return "\n"
 
 
-async def test_shared_client_bounds_connections_and_coalesces_reads(tmp_path: Path) -> None:
+async def test_shared_client_bounds_connections_and_coalesces_reads(
+    tmp_path: Path, resources: ResourcePool
+) -> None:
     async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.05) as api:
-        routers = [api.spec(f"svc{i}").build(new="green") for i in range(30)]
+        routers = [api.spec(f"svc{i}").build(new="green", resources=resources) for i in range(30)]
         readings = await asyncio.gather(*(r.observe() for r in routers))
         assert api.connections == 1  # asked together: one line for all
         assert api.lines[0].count("show servers state b") == 1  # one backend, asked once
@@ -413,9 +439,11 @@ async def test_shared_client_bounds_connections_and_coalesces_reads(tmp_path: Pa
         assert api.most_open == MAX_CONNECTIONS  # at once, never more
 
 
-async def test_a_call_that_waited_for_a_free_connection_says_so(tmp_path: Path) -> None:
+async def test_a_call_that_waited_for_a_free_connection_says_so(
+    tmp_path: Path, resources: ResourcePool
+) -> None:
     async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.5) as api:
-        client = RuntimeAPI.of(parse_runtime_api(f"unix:{api.path}"))
+        client = resources.get(RUNTIME_APIS).of(parse_runtime_api(f"unix:{api.path}"))
         holders = [
             asyncio.create_task(client.run(["show servers state b"], within=5.0))
             for _ in range(MAX_CONNECTIONS)
@@ -424,7 +452,10 @@ async def test_a_call_that_waited_for_a_free_connection_says_so(tmp_path: Path) 
             if api.open == MAX_CONNECTIONS:
                 break
             await asyncio.sleep(0.01)
-        late = [api.spec(f"svc{i}", timeout="200ms").build(new="green") for i in range(3)]
+        late = [
+            api.spec(f"svc{i}", timeout="200ms").build(new="green", resources=resources)
+            for i in range(3)
+        ]
         got = await asyncio.gather(*(r.preflight() for r in late), return_exceptions=True)
         busy = f"no answer within 0.2s (all {MAX_CONNECTIONS} connections to it were busy)"
         assert [str(e) for e in got] == [
@@ -435,9 +466,13 @@ async def test_a_call_that_waited_for_a_free_connection_says_so(tmp_path: Path) 
         assert (api.connections, api.most_open) == (MAX_CONNECTIONS, MAX_CONNECTIONS)
 
 
-async def test_a_read_never_joins_a_batch_already_sent(tmp_path: Path) -> None:
+async def test_a_read_never_joins_a_batch_already_sent(
+    tmp_path: Path, resources: ResourcePool
+) -> None:
     async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.2) as api:
-        first, writer, late = (api.spec(n).build(new="green") for n in ("first", "writer", "late"))
+        first, writer, late = (
+            api.spec(n).build(new="green", resources=resources) for n in ("first", "writer", "late")
+        )
         await writer.observe()  # learns the configured weights
         api.arrived.clear()
         early = asyncio.create_task(first.observe())
@@ -450,28 +485,23 @@ async def test_a_read_never_joins_a_batch_already_sent(tmp_path: Path) -> None:
         assert api.connections == 4
 
 
-def test_a_client_is_per_event_loop_and_does_not_outlive_it(tmp_path: Path) -> None:
-    async def busy() -> RuntimeAPI:
-        async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.01) as api:
-            routers = [api.spec(f"svc{i}").build(new="green") for i in range(20)]
-            await asyncio.gather(*(r.observe() for r in routers))
-            await asyncio.gather(*(r.apply(30) for r in routers))  # waits for free connections
-            return RuntimeAPI.of(parse_runtime_api(f"unix:{api.path}"))
-
-    loop = asyncio.new_event_loop()
-    try:
-        client = loop.run_until_complete(busy())
-    finally:
-        loop.close()
-    other = asyncio.new_event_loop()
-    try:
-        assert other.run_until_complete(busy()) is not client
-    finally:
-        other.close()
-    gone = weakref.ref(loop)
-    del loop, other, client
-    gc.collect()
-    assert gone() is None
+async def test_routers_share_their_resources_client_and_its_close_stops_a_waiting_read(
+    tmp_path: Path,
+) -> None:
+    async with FakeRuntimeAPI(tmp_path / "api.sock", delay=0.5) as api:
+        target = parse_runtime_api(f"unix:{api.path}")
+        async with resource_pool() as mine, resource_pool() as theirs:
+            assert mine.get(RUNTIME_APIS).of(target) is mine.get(RUNTIME_APIS).of(target)
+            assert mine.get(RUNTIME_APIS).of(target) is not theirs.get(RUNTIME_APIS).of(target)
+        resources = resource_pool()
+        router = api.spec("svc").build(new="green", resources=resources)
+        reading = asyncio.create_task(router.observe())
+        await api.arrived.wait()  # its line is at the server, the answer 0.5 s away
+        await resources.aclose()
+        with pytest.raises(TransientError, match=r"router 'svc': .* the read was cancelled"):
+            await reading
+        with pytest.raises(RuntimeError, match="after the resources were closed"):
+            resources.get(RUNTIME_APIS)
 
 
 # (f) balance algorithms where weights do not set the split -----------------------------------
@@ -479,10 +509,10 @@ def test_a_client_is_per_event_loop_and_does_not_outlive_it(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("backend", "algo"), [("static", "static-rr"), ("hashed", "source")])
 async def test_static_or_hashed_balance_is_refused(
-    haproxy_stack: HAProxyStack, backend: str, algo: str
+    haproxy_stack: HAProxyStack, backend: str, algo: str, resources: ResourcePool
 ) -> None:
     router = HAProxySpec.model_validate(haproxy_stack.spec_values(backend=backend)).build(
-        new="green"
+        new="green", resources=resources
     )
     with pytest.raises(PermanentError, match=rf"'{backend}' uses 'balance {algo}'") as info:
         await router.preflight()
@@ -492,8 +522,10 @@ async def test_static_or_hashed_balance_is_refused(
             await router.apply(10)
 
 
-async def test_random_balance_is_accepted(haproxy_stack: HAProxyStack) -> None:
-    router = await ready_router(haproxy_stack, backend="randomized")
+async def test_random_balance_is_accepted(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    router = await ready_router(resources, haproxy_stack, backend="randomized")
     await router.apply(30)
     assert (await router.observe()).state == router.expected(30)
     haproxy_stack.backend = "randomized"
@@ -507,8 +539,10 @@ async def test_random_balance_is_accepted(haproxy_stack: HAProxyStack) -> None:
 # (g) health is not router state --------------------------------------------------------------
 
 
-async def test_down_server_changes_share_not_state(haproxy_stack: HAProxyStack) -> None:
-    router = await ready_router(haproxy_stack)
+async def test_down_server_changes_share_not_state(
+    haproxy_stack: HAProxyStack, resources: ResourcePool
+) -> None:
+    router = await ready_router(resources, haproxy_stack)
     await router.apply(50)
     before = await router.observe()
     assert before.share == pytest.approx(50)
@@ -560,7 +594,7 @@ def test_spec_values_claims_and_expected() -> None:
         "haproxy:unix:/run/haproxy/admin.sock:checkout/blue2",
         "haproxy:unix:/run/haproxy/admin.sock:checkout/green1",
     }
-    router = spec.build(new="blue")
+    router = spec.build(new="blue", resources=resource_pool())
     assert router.name == "edge" and router.kind == "haproxy"
     with pytest.raises(PermanentError, match="not known yet"):
         router.expected(10)  # configured weights come from HAProxy

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cutover.errors import PermanentError, TransientError
+from cutover.resource_pool import ResourcePool
 from cutover.routers.rfc2136 import Rfc2136Router
 from demo.dnsservers import Bind, PowerDNS, new_tsig_key
 from demo.knotdns import Knot, knot_binary
@@ -43,9 +44,11 @@ from tests.integration.test_webhooks import until
 QUERIES = 200
 
 
-def knot_router(knot: Knot, tmp_path: Path, **changes: Any) -> Rfc2136Router:
+def knot_router(
+    resources: ResourcePool, knot: Knot, tmp_path: Path, **changes: Any
+) -> Rfc2136Router:
     secret = write_secret(tmp_path, knot.key.secret)
-    return rfc2136_spec(knot, secret, **changes).build(new="green")
+    return rfc2136_spec(knot, secret, **changes).build(new="green", resources=resources)
 
 
 async def answered_share(server: str, name: str = WWW) -> tuple[float, set[str]]:
@@ -75,9 +78,9 @@ async def knsupdate(knot: Knot, commands: str) -> None:
 
 
 async def test_knot_shares_publish_the_rrsets_that_answers_count(
-    knot_server: Knot, tmp_path: Path
+    knot_server: Knot, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = knot_router(knot_server, tmp_path)
+    router = knot_router(resources, knot_server, tmp_path)
     serial0 = await serial(knot_server.server)
     await router.preflight()  # the signed no-op update changes nothing on Knot either
     assert await serial(knot_server.server) == serial0
@@ -109,8 +112,12 @@ async def test_knot_shares_publish_the_rrsets_that_answers_count(
         assert f"(asked {share}%)" in reading.detail and f"SOA serial {now}" in reading.detail
 
 
-async def test_knot_dual_stack_and_ttl(knot_server: Knot, tmp_path: Path) -> None:
-    router = knot_router(knot_server, tmp_path, record=DUAL, blue=DUAL_BLUE, green=DUAL_GREEN)
+async def test_knot_dual_stack_and_ttl(
+    knot_server: Knot, tmp_path: Path, resources: ResourcePool
+) -> None:
+    router = knot_router(
+        resources, knot_server, tmp_path, record=DUAL, blue=DUAL_BLUE, green=DUAL_GREEN
+    )
     await router.preflight()
     assert await router.lower_ttl() == 300.0  # same addresses, the configured TTL
     assert await rrset(knot_server.server, DUAL, "A") == ({"192.0.2.10"}, 30)
@@ -122,11 +129,13 @@ async def test_knot_dual_stack_and_ttl(knot_server: Knot, tmp_path: Path) -> Non
     assert (await router.observe()).state == router.expected(50)
 
 
-async def test_knot_key_file_is_a_secret_source(knot_server: Knot, tmp_path: Path) -> None:
+async def test_knot_key_file_is_a_secret_source(
+    knot_server: Knot, tmp_path: Path, resources: ResourcePool
+) -> None:
     # the key file the server includes, as `keymgr -t` writes it (a comment line, then YAML)
     assert knot_server.server_key_file.read_text().startswith("# hmac-sha256:cutover-key.:")
     tsig = {"name": knot_server.key.name, "secret_file": str(knot_server.server_key_file)}
-    router = rfc2136_spec(knot_server, tmp_path, tsig=tsig).build(new="green")
+    router = rfc2136_spec(knot_server, tmp_path, tsig=tsig).build(new="green", resources=resources)
     await router.preflight()
     await router.apply(50)
     assert (await answered_share(knot_server.server))[0] == 50.0
@@ -136,9 +145,9 @@ async def test_knot_key_file_is_a_secret_source(knot_server: Knot, tmp_path: Pat
 
 
 async def test_knot_hand_edit_blocks_a_forward_shift_but_not_a_rollback(
-    knot_server: Knot, tmp_path: Path
+    knot_server: Knot, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = knot_router(knot_server, tmp_path)
+    router = knot_router(resources, knot_server, tmp_path)
     await router.preflight()
     await router.apply(25)
     await knsupdate(knot_server, f"update add {WWW} 30 IN A 203.0.113.66")
@@ -166,9 +175,9 @@ async def test_knot_hand_edit_blocks_a_forward_shift_but_not_a_rollback(
 
 
 async def test_knot_restart_mid_cutover_the_router_recovers(
-    knot_server: Knot, tmp_path: Path
+    knot_server: Knot, tmp_path: Path, resources: ResourcePool
 ) -> None:
-    router = knot_router(knot_server, tmp_path)
+    router = knot_router(resources, knot_server, tmp_path)
     await router.preflight()
     await router.apply(25)
     await knot_server.stop()
@@ -209,7 +218,7 @@ def causes(zone: str, key: str = "cutover-key.") -> dict[str, str]:
 
 
 async def test_knot_error_texts(
-    knot_server: Knot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    knot_server: Knot, tmp_path: Path, caplog: pytest.LogCaptureFixture, resources: ResourcePool
 ) -> None:
     caplog.set_level(logging.DEBUG)
     where = f"router 'dns': DNS server {knot_server.server}: signed no-op update"
@@ -217,7 +226,7 @@ async def test_knot_error_texts(
     # the ACL does not name this key (Knot answers so, where BIND and PowerDNS say REFUSED)
     (denied,) = knot_server.denied
     tsig = {"name": denied.name, "secret_file": str(write_secret(tmp_path, denied.secret, "d"))}
-    message = await refused(knot_router(knot_server, tmp_path, tsig=tsig))
+    message = await refused(knot_router(resources, knot_server, tmp_path, tsig=tsig))
     said = causes(DNS_ZONE, denied.name)
     assert message.startswith(where) and "NOTAUTH, TSIG error BADKEY: " in message
     assert said["unknown"] in message and said["denied"] in message
@@ -225,20 +234,22 @@ async def test_knot_error_texts(
 
     # a key it does not know: the same answer, so the same causes
     tsig = {"name": "no-such-key.", "secret_file": str(write_secret(tmp_path, denied.secret))}
-    message = await refused(knot_router(knot_server, tmp_path, tsig=tsig))
+    message = await refused(knot_router(resources, knot_server, tmp_path, tsig=tsig))
     said = causes(DNS_ZONE, "no-such-key.")
     assert "NOTAUTH, TSIG error BADKEY: " in message
     assert said["unknown"] in message and said["denied"] in message
 
     # another secret: BADSIG has one cause
     wrong = new_tsig_key().secret
-    router = rfc2136_spec(knot_server, write_secret(tmp_path, wrong)).build(new="green")
+    router = rfc2136_spec(knot_server, write_secret(tmp_path, wrong)).build(
+        new="green", resources=resources
+    )
     message = await refused(router)
     assert message.endswith(f"NOTAUTH, TSIG error BADSIG: {causes(DNS_ZONE)['secret']}")
 
     # a zone it does not serve: an unsigned NOTAUTH
     message = await refused(
-        knot_router(knot_server, tmp_path, zone="other.test.", record="www.other.test.")
+        knot_router(resources, knot_server, tmp_path, zone="other.test.", record="www.other.test.")
     )
     said = causes("other.test.")
     assert "NOTAUTH, unsigned: " + said["not served"] in message
@@ -260,9 +271,9 @@ async def reload_bind(bind: Bind, old: str, new: str) -> None:
     await until(lambda: bind.log().count("reloading configuration succeeded") > reloads, 10.0)
 
 
-async def test_bind_error_texts(bind_server: Bind, tmp_path: Path) -> None:
+async def test_bind_error_texts(bind_server: Bind, tmp_path: Path, resources: ResourcePool) -> None:
     router = rfc2136_spec(bind_server, write_secret(tmp_path, bind_server.key.secret)).build(
-        new="green"
+        new="green", resources=resources
     )
     await router.preflight()
     # a zone without an update policy for the key: REFUSED, signed (the key was verified)
@@ -277,29 +288,39 @@ async def test_bind_error_texts(bind_server: Bind, tmp_path: Path) -> None:
     # a zone it does not serve: NOTAUTH, signed, so the key is fine and only the zone is left
     other = {"zone": "other.test.", "record": "www.other.test."}
     message = await refused(
-        rfc2136_spec(bind_server, tmp_path / "tsig.secret", **other).build(new="green")
+        rfc2136_spec(bind_server, tmp_path / "tsig.secret", **other).build(
+            new="green", resources=resources
+        )
     )
     assert message.endswith(f"NOTAUTH: {causes('other.test.')['not served']}")
 
     # an unknown key: NOTAUTH + BADKEY, as on Knot
     tsig = {"name": "no-such-key.", "secret_file": str(tmp_path / "tsig.secret")}
-    message = await refused(rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green"))
+    message = await refused(
+        rfc2136_spec(bind_server, tmp_path, tsig=tsig).build(new="green", resources=resources)
+    )
     said = causes(DNS_ZONE, "no-such-key.")
     assert "NOTAUTH, TSIG error BADKEY: " in message
     assert said["unknown"] in message and said["denied"] in message
 
 
-async def test_powerdns_error_texts(pdns_server: PowerDNS, tmp_path: Path) -> None:
+async def test_powerdns_error_texts(
+    pdns_server: PowerDNS, tmp_path: Path, resources: ResourcePool
+) -> None:
     key = new_tsig_key()
     await pdns_server.allow_update(DNS_ZONE, key)
     secret_file = write_secret(tmp_path, key.secret)
     # an unknown key: an unsigned REFUSED, which fits several causes
     tsig = {"name": "no-such-key.", "secret_file": str(secret_file)}
-    message = await refused(rfc2136_spec(pdns_server, tmp_path, tsig=tsig).build(new="green"))
+    message = await refused(
+        rfc2136_spec(pdns_server, tmp_path, tsig=tsig).build(new="green", resources=resources)
+    )
     said = causes(DNS_ZONE, "no-such-key.")
     assert "REFUSED, unsigned: " in message
     assert all(said[c] in message for c in ("unknown", "secret", "denied", "not served"))
     # a zone it does not serve: NOTAUTH, signed
     other = {"zone": "other.test.", "record": "www.other.test."}
-    message = await refused(rfc2136_spec(pdns_server, secret_file, **other).build(new="green"))
+    message = await refused(
+        rfc2136_spec(pdns_server, secret_file, **other).build(new="green", resources=resources)
+    )
     assert message.endswith(f"NOTAUTH: {causes('other.test.')['not served']}")

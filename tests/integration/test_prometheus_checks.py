@@ -31,6 +31,7 @@ from cutover.checks.base import Check, MeasureContext
 from cutover.checks.compare import CompareCheck, CompareCheckSpec
 from cutover.checks.prometheus import PrometheusCheck, PrometheusCheckSpec
 from cutover.core.model import Measurement, Verdict
+from cutover.resource_pool import ResourcePool
 from demo.prometheus import Prometheus
 from demo.stack import DemoApp, http_request, make_workdir
 
@@ -138,20 +139,22 @@ async def env() -> AsyncIterator[Env]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def prometheus_check(url: str, query: str, **fields: Any) -> PrometheusCheck:
+def prometheus_check(
+    resources: ResourcePool, url: str, query: str, **fields: Any
+) -> PrometheusCheck:
     spec = PrometheusCheckSpec.model_validate(
         {"type": "prometheus", "name": "ratio", "url": url, "query": query, **fields}
     )
-    return spec.build(placeholders=PLACEHOLDERS)
+    return spec.build(placeholders=PLACEHOLDERS, resources=resources)
 
 
 def compare_check(
-    url: str, *, placeholders: dict[str, str] = PLACEHOLDERS, **fields: Any
+    resources: ResourcePool, url: str, *, placeholders: dict[str, str] = PLACEHOLDERS, **fields: Any
 ) -> CompareCheck:
     spec = CompareCheckSpec.model_validate(
         {"type": "compare", "name": "p99", "url": url, "query": P99, "max_ratio": 1.5, **fields}
     )
-    return spec.build(placeholders=placeholders)
+    return spec.build(placeholders=placeholders, resources=resources)
 
 
 async def measure_until(
@@ -169,9 +172,11 @@ async def measure_until(
 # --- thresholds ---------------------------------------------------------------------------------
 
 
-async def test_half_a_percent_errors_pass_max_five_percent(env: Env) -> None:
+async def test_half_a_percent_errors_pass_max_five_percent(
+    env: Env, resources: ResourcePool
+) -> None:
     async with contextlib.aclosing(
-        prometheus_check(env.prom.url, error_ratio("blue"), max=0.05)
+        prometheus_check(resources, env.prom.url, error_ratio("blue"), max=0.05)
     ) as check:
         m = await measure_until(check, Verdict.PASS)
         assert m.verdict is Verdict.PASS, m
@@ -189,9 +194,11 @@ async def test_half_a_percent_errors_pass_max_five_percent(env: Env) -> None:
     )
 
 
-async def test_twenty_percent_errors_fail_with_the_value(env: Env) -> None:
+async def test_twenty_percent_errors_fail_with_the_value(env: Env, resources: ResourcePool) -> None:
     query = error_ratio("{{new}}")  # PRODUCT.md's form: rendered to green at build time
-    async with contextlib.aclosing(prometheus_check(env.prom.url, query, max=0.05)) as check:
+    async with contextlib.aclosing(
+        prometheus_check(resources, env.prom.url, query, max=0.05)
+    ) as check:
         assert 'color="green"' in check.spec.query
         m = await measure_until(check, Verdict.FAIL)
     assert m.verdict is Verdict.FAIL, m
@@ -204,51 +211,59 @@ async def test_twenty_percent_errors_fail_with_the_value(env: Env) -> None:
     [("inconclusive", Verdict.INCONCLUSIVE), ("fail", Verdict.FAIL), ("pass", Verdict.PASS)],
 )
 async def test_empty_result_is_judged_by_on_no_data(
-    env: Env, on_no_data: str, verdict: Verdict
+    env: Env, on_no_data: str, verdict: Verdict, resources: ResourcePool
 ) -> None:
     query = error_ratio("purple")  # no such series at all
-    check = prometheus_check(env.prom.url, query, max=0.05, on_no_data=on_no_data)
+    check = prometheus_check(resources, env.prom.url, query, max=0.05, on_no_data=on_no_data)
     async with contextlib.aclosing(check):
         m = await check.measure(STAGE)
     assert (m.verdict, m.value, m.detail) == (verdict, None, "no data (empty result)")
 
 
-async def test_no_traffic_gives_nan_which_is_no_data(env: Env) -> None:
+async def test_no_traffic_gives_nan_which_is_no_data(env: Env, resources: ResourcePool) -> None:
     async with contextlib.aclosing(
-        prometheus_check(env.prom.url, error_ratio("idle"), max=0.05)
+        prometheus_check(resources, env.prom.url, error_ratio("idle"), max=0.05)
     ) as check:
         m = await check.measure(STAGE)
     assert (m.verdict, m.value, m.detail) == (Verdict.INCONCLUSIVE, None, "no data (NaN)")
 
 
-async def test_several_series_need_reduce(env: Env) -> None:
+async def test_several_series_need_reduce(env: Env, resources: ResourcePool) -> None:
     query = 'sum by (color) (rate(http_requests_total{color=~"blue|green"}[10s]))'
-    async with contextlib.aclosing(prometheus_check(env.prom.url, query, max=1000)) as check:
+    async with contextlib.aclosing(
+        prometheus_check(resources, env.prom.url, query, max=1000)
+    ) as check:
         m = await check.measure(STAGE)
     assert m.verdict is Verdict.ERROR and m.value is None
     assert m.detail.startswith("the query gives 2 series"), m.detail
     assert '{color="blue"}' in m.detail and '{color="green"}' in m.detail
 
     rates = await env.prom.query(query)
-    check = prometheus_check(env.prom.url, query, max=1000, reduce="max")
+    check = prometheus_check(resources, env.prom.url, query, max=1000, reduce="max")
     async with contextlib.aclosing(check):
         m = await check.measure(STAGE)
     assert m.verdict is Verdict.PASS and m.value is not None
     assert m.value == pytest.approx(max(rates), rel=0.3), (m, rates)  # a second later
 
 
-async def test_promql_syntax_error_gives_prometheus_message(env: Env) -> None:
+async def test_promql_syntax_error_gives_prometheus_message(
+    env: Env, resources: ResourcePool
+) -> None:
     query = "sum(rate(http_requests_total[10s])"
-    async with contextlib.aclosing(prometheus_check(env.prom.url, query, max=1)) as check:
+    async with contextlib.aclosing(
+        prometheus_check(resources, env.prom.url, query, max=1)
+    ) as check:
         m = await check.measure(MeasureContext(share=0))  # as preflight asks
     assert m.verdict is Verdict.ERROR
     assert m.detail.startswith("Prometheus: HTTP 400 bad_data: "), m.detail
     assert "parse error: unclosed left parenthesis" in m.detail
 
 
-async def test_prometheus_stopped_is_an_error_until_it_is_back(env: Env) -> None:
+async def test_prometheus_stopped_is_an_error_until_it_is_back(
+    env: Env, resources: ResourcePool
+) -> None:
     spare = env.spare
-    check = prometheus_check(spare.url, error_ratio("blue"), max=0.05, timeout="1s")
+    check = prometheus_check(resources, spare.url, error_ratio("blue"), max=0.05, timeout="1s")
     async with contextlib.aclosing(check):
         assert (await measure_until(check, Verdict.PASS)).verdict is Verdict.PASS
 
@@ -292,9 +307,13 @@ async def fake_provider() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def test_slow_provider_is_an_error_after_the_timeout(fake_provider: str) -> None:
+async def test_slow_provider_is_an_error_after_the_timeout(
+    fake_provider: str, resources: ResourcePool
+) -> None:
     url = f"{fake_provider}/hang"
-    async with contextlib.aclosing(prometheus_check(url, "up", max=1, timeout="300ms")) as check:
+    async with contextlib.aclosing(
+        prometheus_check(resources, url, "up", max=1, timeout="300ms")
+    ) as check:
         t0 = time.monotonic()
         m = await check.measure(STAGE)
         took = time.monotonic() - t0
@@ -303,9 +322,9 @@ async def test_slow_provider_is_an_error_after_the_timeout(fake_provider: str) -
     assert 0.29 <= took < 1.0, took
 
 
-async def test_non_prometheus_5xx_is_an_error(fake_provider: str) -> None:
+async def test_non_prometheus_5xx_is_an_error(fake_provider: str, resources: ResourcePool) -> None:
     url = f"{fake_provider}/proxy"
-    async with contextlib.aclosing(prometheus_check(url, "up", max=1)) as check:
+    async with contextlib.aclosing(prometheus_check(resources, url, "up", max=1)) as check:
         m = await check.measure(STAGE)
     assert m.verdict is Verdict.ERROR
     assert m.detail.startswith(f"HTTP 502 from {url}, not a Prometheus answer: '<html>")
@@ -314,8 +333,8 @@ async def test_non_prometheus_5xx_is_an_error(fake_provider: str) -> None:
 # --- compare --------------------------------------------------------------------------------------
 
 
-async def test_compare_latency_quantile(env: Env) -> None:
-    async with contextlib.aclosing(compare_check(env.prom.url, margin=0.005)) as check:
+async def test_compare_latency_quantile(env: Env, resources: ResourcePool) -> None:
+    async with contextlib.aclosing(compare_check(resources, env.prom.url, margin=0.005)) as check:
         # equal latency: pass
         m = await measure_until(check, Verdict.PASS)
         assert m.verdict is Verdict.PASS, m
@@ -347,10 +366,10 @@ async def test_compare_latency_quantile(env: Env) -> None:
         assert m.detail == "no data for old (blue): no value recorded at a preceding stage"
 
 
-async def test_compare_names_the_color_without_data(env: Env) -> None:
+async def test_compare_names_the_color_without_data(env: Env, resources: ResourcePool) -> None:
     # idle has no traffic: every bucket's rate is 0, so its quantile is NaN
     check = compare_check(
-        env.prom.url, on_no_data="fail", placeholders={**PLACEHOLDERS, "old": "idle"}
+        resources, env.prom.url, on_no_data="fail", placeholders={**PLACEHOLDERS, "old": "idle"}
     )
     async with contextlib.aclosing(check):
         m = await check.measure(STAGE)

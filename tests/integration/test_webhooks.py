@@ -32,6 +32,7 @@ from cutover.core.refusal import refused
 from cutover.engine.runner import Runner
 from cutover.notify import NOTIFIED, Notifier, RetryPolicy
 from cutover.notify.webhook import Webhook
+from cutover.observability.logging import Redactor
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter
@@ -121,7 +122,7 @@ def spec(url: str, **kw: Any) -> NotifySpec:
 
 def key(url: str) -> str:
     """The webhook's delivery-cursor key in the store."""
-    return Webhook(spec=spec(url), index=0, policy=FAST).key
+    return Webhook(secrets=Redactor(), spec=spec(url), index=0, policy=FAST).key
 
 
 async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
@@ -249,7 +250,9 @@ async def test_a_hanging_webhook_does_not_delay_a_rollback(
 
         dead = await receivers(hang=True)
         policy = RetryPolicy(timeout=30.0, attempts=4)  # each POST hangs for the whole test
-        async with Notifier(specs=[spec(dead.url)], store=store, policy=policy) as notifier:
+        async with Notifier(
+            secrets=Redactor(), specs=[spec(dead.url)], store=store, policy=policy
+        ) as notifier:
             with_hook = await rollback_timing(store, "co-hook", notifier.wake)
             assert dead.hanging == 1  # the POST of 'started' hangs throughout the rollback
             assert dead.ids == ["co-hook:1"]
@@ -291,7 +294,7 @@ async def test_a_webhook_gets_only_the_kinds_it_lists_and_another_gets_all(
         every = await receivers()
         only = await receivers()
         specs = [spec(every.url), spec(only.url, events=["rolled_back"])]
-        async with Notifier(specs=specs, store=store, policy=FAST) as notifier:
+        async with Notifier(secrets=Redactor(), specs=specs, store=store, policy=FAST) as notifier:
             await rollback_timing(store, "co-ev", notifier.wake, pause_and_resume)
             journal = await store.events("co-ev")
             notified = [e for e in journal if e.kind in NOTIFIED]
@@ -316,7 +319,7 @@ async def test_a_refused_start_is_sent_to_webhooks_that_list_it(
         every = await receivers()
         oncall = await receivers()
         specs = [spec(every.url), spec(oncall.url, events=["rolled_back", "failed"])]
-        async with Notifier(specs=specs, store=store, policy=FAST) as notifier:
+        async with Notifier(secrets=Redactor(), specs=specs, store=store, policy=FAST) as notifier:
             clock = FakeClock()
             draft = new_cutover("co-r", clock).cutover
             step = refused(draft, reason="router edge: unreachable", actor="bob", now=clock.time())
@@ -343,7 +346,9 @@ async def test_a_restart_resends_what_was_not_acknowledged_only(
         store = SqliteStore(path=path)
         await store.open()
         try:
-            async with Notifier(specs=[spec(hook.url)], store=store, policy=FAST) as first:
+            async with Notifier(
+                secrets=Redactor(), specs=[spec(hook.url)], store=store, policy=FAST
+            ) as first:
                 c, events = await create(store, "co-1", clock)
                 await first.wake(c, events)
                 await until(lambda: len(hook.received) == 1)  # 'started', acknowledged
@@ -362,7 +367,9 @@ async def test_a_restart_resends_what_was_not_acknowledged_only(
         store = SqliteStore(path=path)
         await store.open()
         try:
-            async with Notifier(specs=[spec(hook.url)], store=store, policy=FAST):
+            async with Notifier(
+                secrets=Redactor(), specs=[spec(hook.url)], store=store, policy=FAST
+            ):
                 await until(lambda: len(hook.received) == 2 + FAST.attempts)
                 await asyncio.sleep(0.2)  # nothing more comes
             assert await store.undelivered(key(hook.url)) == []
@@ -380,7 +387,9 @@ async def test_a_redelivery_carries_the_same_id_and_body_for_de_duplication(
 ) -> None:
     async with asyncio.timeout(GUARD):
         hook = await receivers(answers=deque([500]))
-        async with Notifier(specs=[spec(hook.url)], store=store, policy=FAST) as notifier:
+        async with Notifier(
+            secrets=Redactor(), specs=[spec(hook.url)], store=store, policy=FAST
+        ) as notifier:
             c, events = await create(store, "co-7", FakeClock())
             await notifier.wake(c, events)
             await until(lambda: len(hook.received) == 2)
@@ -401,7 +410,9 @@ async def test_events_go_out_in_journal_order_cutover_by_cutover(
 ) -> None:
     async with asyncio.timeout(GUARD):
         hook = await receivers()
-        async with Notifier(specs=[spec(hook.url)], store=store, policy=FAST) as notifier:
+        async with Notifier(
+            secrets=Redactor(), specs=[spec(hook.url)], store=store, policy=FAST
+        ) as notifier:
             clock = FakeClock()
             a, _ = await create(store, "co-a", clock)
             done = [Event(kind="completed", message="done", at=clock.time())]
@@ -425,7 +436,7 @@ async def test_slack_format_posts_text_with_a_bearer_token_from_the_environment(
     async with asyncio.timeout(GUARD):
         hook = await receivers()
         specs = [spec(hook.url, format="slack", token_env="SLACK_HOOK_TOKEN")]
-        async with Notifier(specs=specs, store=store, policy=FAST) as notifier:
+        async with Notifier(secrets=Redactor(), specs=specs, store=store, policy=FAST) as notifier:
             c, events = await create(store, "co-s", FakeClock())
             await notifier.wake(c, events)
             await until(lambda: len(hook.received) == 1)
@@ -446,7 +457,9 @@ async def test_the_token_never_reaches_the_logs_even_when_delivery_fails(
         hook = await receivers(default=401)
         specs = [spec(hook.url + "?key=url-secret", token_file=str(tmp_path / "token"))]
         with structlog.testing.capture_logs() as logs:
-            async with Notifier(specs=specs, store=store, metrics=metrics, policy=FAST) as n:
+            async with Notifier(
+                secrets=Redactor(), specs=specs, store=store, metrics=metrics, policy=FAST
+            ) as n:
                 c, events = await create(store, "co-t", FakeClock())
                 await n.wake(c, events)
                 await until(lambda: any("failed" in line["event"] for line in logs))
@@ -473,7 +486,9 @@ async def test_a_failing_webhook_gets_bounded_retries_then_a_pause(
     metrics = Metrics()
     async with asyncio.timeout(GUARD):
         hook = await receivers(default=500)
-        async with Notifier(specs=[spec(hook.url)], store=store, metrics=metrics, policy=FAST) as n:
+        async with Notifier(
+            secrets=Redactor(), specs=[spec(hook.url)], store=store, metrics=metrics, policy=FAST
+        ) as n:
             c, events = await create(store, "co-f", FakeClock())
             await n.wake(c, events)
             await until(lambda: len(hook.received) == FAST.attempts)
@@ -498,7 +513,9 @@ async def test_stop_does_not_wait_for_a_hanging_post(
 ) -> None:
     async with asyncio.timeout(GUARD):
         dead = await receivers(hang=True)
-        notifier = Notifier(specs=[spec(dead.url)], store=store, policy=RetryPolicy(timeout=30))
+        notifier = Notifier(
+            secrets=Redactor(), specs=[spec(dead.url)], store=store, policy=RetryPolicy(timeout=30)
+        )
         await notifier.start()
         c, events = await create(store, "co-h", FakeClock())
         await notifier.wake(c, events)
@@ -529,7 +546,9 @@ async def test_a_bug_in_delivery_alarms_and_is_retried_not_fatal(
     async with asyncio.timeout(GUARD):
         hook = await receivers()
         with structlog.testing.capture_logs() as logs:
-            async with Notifier(specs=[spec(hook.url)], store=store, policy=FAST) as n:
+            async with Notifier(
+                secrets=Redactor(), specs=[spec(hook.url)], store=store, policy=FAST
+            ) as n:
                 c, events = await create(store, "co-b", FakeClock())
                 await n.wake(c, events)
                 await until(lambda: len(hook.received) == 1)

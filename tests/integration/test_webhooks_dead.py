@@ -28,6 +28,7 @@ from aiohttp import web
 
 from cutover.notify import Notifier, RetryPolicy
 from cutover.notify.payload import NOTIFIED, event_id
+from cutover.observability.logging import Redactor
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
 from demo.stack import free_port
@@ -87,7 +88,11 @@ async def test_a_dead_receiver_neither_delays_the_cutover_nor_loses_an_event(
             baseline = await rollback_timing(store, "co-base", None)
             with structlog.testing.capture_logs() as logs:
                 async with Notifier(
-                    specs=[spec(url)], store=store, metrics=metrics, policy=POLICY
+                    secrets=Redactor(),
+                    specs=[spec(url)],
+                    store=store,
+                    metrics=metrics,
+                    policy=POLICY,
                 ) as notifier:
                     # When the receiver is dead throughout the cutover
                     dead = await rollback_timing(store, "co-dead", notifier.wake)

@@ -24,7 +24,7 @@ from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
 from cutover.store.sqlite import SqliteStore
-from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
 from tests.unit.test_runner import TrackedStore
 
 CONFIG = {
@@ -51,7 +51,13 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[t
     store = SqliteStore(path=str(tmp_path / "state.db"))
     await store.open()
     metrics = Metrics()
-    sup = Supervisor(config=parse_config(CONFIG), store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=parse_config(CONFIG),
+        store=store,
+        clock=SystemClock(),
+        resources=resource_pool(),
+        metrics=metrics,
+    )
     app = make_app(supervisor=sup, store=store, metrics=metrics)
     async with TestClient(TestServer(app)) as c:
         yield c
@@ -264,7 +270,12 @@ async def faked_daemon(tmp_path: Path) -> AsyncIterator[Faked]:
 
     metrics = Metrics()
     sup = Supervisor(
-        config=parse_config(GUARDED), store=store, clock=clock, adapters=adapters, metrics=metrics
+        config=parse_config(GUARDED),
+        store=store,
+        clock=clock,
+        resources=resource_pool(),
+        adapters=adapters,
+        metrics=metrics,
     )
     await sup.start()
     try:

@@ -37,6 +37,7 @@ from cutover.engine.supervisor import Supervisor
 from cutover.errors import ConfigError
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
+from cutover.testing import resource_pool
 from tests.unit.test_api import CONFIG
 
 Client = TestClient[web.Request, web.Application]
@@ -54,7 +55,13 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
     store = SqliteStore(path=str(tmp_path / "state.db"))
     await store.open()
     metrics = Metrics()
-    sup = Supervisor(config=parse_config(CONFIG), store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=parse_config(CONFIG),
+        store=store,
+        clock=SystemClock(),
+        resources=resource_pool(),
+        metrics=metrics,
+    )
     async with TestClient(TestServer(make_app(supervisor=sup, store=store, metrics=metrics))) as c:
         yield c
     await sup.stop()
@@ -217,7 +224,9 @@ async def _serve(
     await store.open()
     metrics = Metrics()
     config = parse_config({**CONFIG, "api": {"header_timeout": timeouts}})
-    sup = Supervisor(config=config, store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=config, store=store, clock=SystemClock(), resources=resource_pool(), metrics=metrics
+    )
     runner = web.AppRunner(make_app(supervisor=sup, store=store, metrics=metrics), access_log=None)
     await runner.setup()
     assert runner.server is not None

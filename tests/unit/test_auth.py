@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from cutover.observability.logging import (
     RateLimitedLog,
     Redactor,
     configure_logging,
-    register_secret,
 )
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
+from cutover.testing import resource_pool
 from tests.unit.test_api import CONFIG
 
 OPERATOR = "op-3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"
@@ -53,7 +54,9 @@ async def _client(tmp_path: Path, api: dict[str, Any], **runner: Any) -> AsyncIt
     await store.open()
     metrics = Metrics()
     config = parse_config({**CONFIG, "api": api})
-    sup = Supervisor(config=config, store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=config, store=store, clock=SystemClock(), resources=resource_pool(), metrics=metrics
+    )
     server = TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
     await server.start_server(**runner)  # the client then uses the server as it is
     async with TestClient(server) as c:
@@ -257,22 +260,30 @@ def test_redactor_masks_secret_keys_shapes_and_registered_values() -> None:
     }
 
 
+@dataclass
+class JsonLogs:
+    buffer: io.StringIO
+    redactor: Redactor  # the daemon's secret sink
+
+    def getvalue(self) -> str:
+        return self.buffer.getvalue()
+
+
 @pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
+def json_logs() -> Iterator[JsonLogs]:
     """The daemon's logging set-up, writing into a buffer."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     buffer = io.StringIO()
-    configure_logging("debug", stream=buffer)
-    yield buffer
+    yield JsonLogs(buffer, configure_logging("debug", stream=buffer))
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
 
 
-def test_a_registered_secret_is_masked_in_lines_and_tracebacks(json_logs: io.StringIO) -> None:
+def test_a_registered_secret_is_masked_in_lines_and_tracebacks(json_logs: JsonLogs) -> None:
     secret = "c2VjcmV0LXRzaWcta2V5LWJ5dGVz"
-    register_secret(secret)  # as a router does when it loads its TSIG secret
+    json_logs.redactor.add(secret)  # as a router does when it loads its TSIG secret
     log = structlog.get_logger()
     log.info(f"loaded {secret}", where="rfc2136")
     try:
@@ -284,7 +295,7 @@ def test_a_registered_secret_is_masked_in_lines_and_tracebacks(json_logs: io.Str
     assert secret not in logs and logs.count(REDACTED) >= 3, logs
 
 
-async def test_no_token_reaches_logs_or_answers(tmp_path: Path, json_logs: io.StringIO) -> None:
+async def test_no_token_reaches_logs_or_answers(tmp_path: Path, json_logs: JsonLogs) -> None:
     # an access log that prints the Authorization header, as a careless operator might set up
     access = '%a "%r" %s %{Authorization}i'
     answers: list[str] = []
@@ -314,9 +325,7 @@ async def test_no_token_reaches_logs_or_answers(tmp_path: Path, json_logs: io.St
 # --- refusals are logged as a count per interval ---------------------------------------------
 
 
-async def test_a_flood_of_refused_tokens_logs_one_line(
-    authed: Client, json_logs: io.StringIO
-) -> None:
+async def test_a_flood_of_refused_tokens_logs_one_line(authed: Client, json_logs: JsonLogs) -> None:
     for _ in range(200):
         resp = await authed.get("/v1/services", headers=_bearer(UNKNOWN))
         assert resp.status == 401

@@ -30,6 +30,7 @@ from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
+from cutover.testing import resource_pool
 from tests.unit.test_api import CONFIG, GUARDED, faked_daemon, holding
 from tests.unit.test_auth import OPERATOR, TOKENS, UNKNOWN, VIEWER
 
@@ -49,7 +50,9 @@ async def _serve(tmp_path: Path, *, tls: ssl.SSLContext | None = None) -> AsyncI
     await store.open()
     metrics = Metrics()
     config = parse_config({**CONFIG, "api": {"tokens": TOKENS}})
-    sup = Supervisor(config=config, store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=config, store=store, clock=SystemClock(), resources=resource_pool(), metrics=metrics
+    )
     server = TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
     await server.start_server(ssl=tls)
     try:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cutover.core.dns_split import (
     Family,
     Weights,
@@ -19,11 +22,9 @@ from cutover.core.dns_split import (
     share_of,
 )
 from cutover.core.model import Color
-from hypothesis import given
-from hypothesis import strategies as st
-
 from cutover.routers.powerdns import PowerDNSSpec, lua_content, parse_lua
 from cutover.routers.rfc2136 import Rfc2136Spec
+from cutover.testing import resource_pool
 
 B2 = ["192.0.2.10", "192.0.2.11"]
 G1 = ["198.51.100.10"]
@@ -279,13 +280,17 @@ POWERDNS = {
     ],
 )
 def test_rfc2136_expected_dual_stack(new: Color, share: int, a: str, aaaa: str) -> None:
-    router = Rfc2136Spec.model_validate({**RFC2136, "blue": B6, "green": G6}).build(new=new)
+    router = Rfc2136Spec.model_validate({**RFC2136, "blue": B6, "green": G6}).build(
+        new=new, resources=resource_pool()
+    )
     assert router.expected(share) == {"A": a, "AAAA": aaaa, "ttl": "30"}
     assert router.expected(share, evacuate=True) == router.expected(share)
 
 
 def test_rfc2136_expected_exact() -> None:
-    router = Rfc2136Spec.model_validate({**RFC2136, "blue": B2, "green": G3}).build(new="green")
+    router = Rfc2136Spec.model_validate({**RFC2136, "blue": B2, "green": G3}).build(
+        new="green", resources=resource_pool()
+    )
     assert router.expected(0) == {"A": "192.0.2.10 192.0.2.11", "AAAA": "", "ttl": "30"}
     assert router.expected(25) == {
         "A": "192.0.2.10 192.0.2.11 198.51.100.10",
@@ -298,7 +303,7 @@ def test_rfc2136_expected_exact() -> None:
 
 def test_powerdns_expected_and_patch() -> None:
     spec = PowerDNSSpec.model_validate({**POWERDNS, "blue": B6, "green": G6})
-    router = spec.build(new="green")
+    router = spec.build(new="green", resources=resource_pool())
     assert router.expected(0) == {
         "A": "192.0.2.10",
         "AAAA": "2001:db8::b1",

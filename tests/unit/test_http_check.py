@@ -15,8 +15,10 @@ from pydantic import ValidationError
 
 from cutover.checks.base import MeasureContext
 from cutover.checks.http import HttpCheck, HttpCheckSpec
-from cutover.checks.net import late_by
+from cutover.checks.net import HTTP_SESSION, late_by
 from cutover.core.model import Verdict
+from cutover.resource_pool import ResourcePool
+from cutover.testing import resource_pool
 
 PLACEHOLDERS = {"new": "green", "old": "blue", "service": "checkout"}
 
@@ -64,11 +66,12 @@ def _spec(**fields: Any) -> HttpCheckSpec:
 
 
 async def _measure(spec: HttpCheckSpec) -> Any:
-    check = spec.build(placeholders=PLACEHOLDERS)
-    try:
-        return await check.measure(MeasureContext())
-    finally:
-        await check.aclose()
+    async with resource_pool() as resources:
+        check = spec.build(placeholders=PLACEHOLDERS, resources=resources)
+        try:
+            return await check.measure(MeasureContext())
+        finally:
+            await check.aclose()
 
 
 def _free_port() -> int:
@@ -143,33 +146,46 @@ async def test_placeholders_render_in_url_and_headers(base_url: str) -> None:
     assert f"{base_url}/green/healthz" in m.detail
 
 
-async def test_checks_share_one_session_closed_by_the_last(base_url: str) -> None:
-    """One session per loop for every check on the aiohttp path (a session each cost 23 MB at
-    1000 checks), with each check's own headers per request and no shared cookies; the last
-    close closes it. (An Accept-Encoding header keeps a plain http:// check on aiohttp.)"""
+async def test_checks_share_the_resources_session_closed_with_them(base_url: str) -> None:
+    """One session for every check on the aiohttp path (a session each cost 23 MB at 1000
+    checks), with each check's own headers per request and no shared cookies; a check's close
+    leaves it to the others, the resources' close closes it. (An Accept-Encoding header keeps
+    a plain http:// check on aiohttp.)"""
     aiohttp_only = {"Accept-Encoding": "identity"}
-    first = _spec(url=f"{base_url}/healthz", headers=aiohttp_only).build(placeholders=PLACEHOLDERS)
+    resources = resource_pool()
+    first = _spec(url=f"{base_url}/healthz", headers=aiohttp_only).build(
+        placeholders=PLACEHOLDERS, resources=resources
+    )
     second = _spec(
         url=f"{base_url}/{{{{new}}}}/healthz", headers={"X-Color": "{{new}}", **aiohttp_only}
-    ).build(placeholders=PLACEHOLDERS)
+    ).build(placeholders=PLACEHOLDERS, resources=resources)
     assert isinstance(first, HttpCheck) and isinstance(second, HttpCheck)
-    for _ in range(3):
-        assert (await first.measure(MeasureContext())).verdict is Verdict.PASS
+    try:
+        for _ in range(3):
+            assert (await first.measure(MeasureContext())).verdict is Verdict.PASS
+            assert (await second.measure(MeasureContext())).verdict is Verdict.PASS
+        session = resources.get(HTTP_SESSION)
+        assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+        assert session.connector is not None and session.connector.limit == 0
+        await first.aclose()
+        assert not session.closed
         assert (await second.measure(MeasureContext())).verdict is Verdict.PASS
-    session = first._session
-    assert session is not None and second._session is session
-    assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
-    await first.aclose()
-    assert not session.closed
-    assert (await second.measure(MeasureContext())).verdict is Verdict.PASS
-    await second.aclose()
+        await second.aclose()
+        assert not session.closed
+    finally:
+        await resources.aclose()
     assert session.closed
-    await second.aclose()  # idempotent
+    with pytest.raises(RuntimeError, match="after the resources were closed"):
+        resources.get(HTTP_SESSION)
 
 
-async def test_a_timeout_the_starved_loop_fired_late_is_an_error_not_a_fail(base_url: str) -> None:
+async def test_a_timeout_the_starved_loop_fired_late_is_an_error_not_a_fail(
+    base_url: str, resources: ResourcePool
+) -> None:
     """The daemon's own loop blocked past the timeout: that measured the daemon, not green."""
-    check = _spec(url=f"{base_url}/slow", timeout="200ms").build(placeholders=PLACEHOLDERS)
+    check = _spec(url=f"{base_url}/slow", timeout="200ms").build(
+        placeholders=PLACEHOLDERS, resources=resources
+    )
 
     async def starve() -> None:
         await asyncio.sleep(0.05)
@@ -193,7 +209,7 @@ def test_late_by_needs_a_clear_margin() -> None:
 def test_unknown_placeholder_raises_at_build() -> None:
     spec = _spec(url="http://{{neww}}.checkout.internal/healthz")
     with pytest.raises(ValueError, match=r"unknown placeholder \{\{neww\}\}"):
-        spec.build(placeholders=PLACEHOLDERS)
+        spec.build(placeholders=PLACEHOLDERS, resources=resource_pool())
 
 
 def test_spec_defaults_and_normalisation() -> None:

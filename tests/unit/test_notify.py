@@ -24,6 +24,7 @@ from cutover.core.refusal import refused
 from cutover.notify import NOTIFIED, RetryPolicy, event_id
 from cutover.notify.payload import body, payload, text
 from cutover.notify.webhook import DeliveryError, Webhook
+from cutover.observability.logging import Redactor
 
 T0 = 1_700_000_000.0
 PLAN = Plan(
@@ -199,7 +200,10 @@ def test_slack_format_is_a_text_line_with_the_event_id() -> None:
 def hook(index: int = 0, **spec: str) -> Webhook:
     values = {"type": "webhook", "url": "https://user:pw@hooks.example.com:8443/T0/B0/s3cret"}
     return Webhook(
-        spec=NotifySpec.model_validate({**values, **spec}), index=index, policy=RetryPolicy()
+        secrets=Redactor(),
+        spec=NotifySpec.model_validate({**values, **spec}),
+        index=index,
+        policy=RetryPolicy(),
     )
 
 

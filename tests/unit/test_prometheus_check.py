@@ -26,6 +26,7 @@ from cutover.checks.promql import (
 from cutover.config import parse_config
 from cutover.core.model import Verdict
 from cutover.errors import ConfigError
+from cutover.testing import resource_pool
 
 PLACEHOLDERS = {"new": "green", "old": "blue", "service": "checkout"}
 PASS, FAIL, INCONCLUSIVE, ERROR = (
@@ -259,7 +260,7 @@ def with_stub(check: Any, answers: dict[str, Answer | QueryFailed]) -> StubClien
 
 
 def prometheus_check(answers: dict[str, Answer | QueryFailed], **fields: Any) -> PrometheusCheck:
-    check = prometheus_spec(**fields).build(placeholders=PLACEHOLDERS)
+    check = prometheus_spec(**fields).build(placeholders=PLACEHOLDERS, resources=resource_pool())
     with_stub(check, answers)
     return check
 
@@ -311,12 +312,14 @@ def test_prometheus_build_renders_every_string_field() -> None:
     spec = prometheus_spec(
         url="http://prom-{{service}}:9090", query='up{color="{{new}}",other="{{old}}"}'
     )
-    check = spec.build(placeholders=PLACEHOLDERS)
+    check = spec.build(placeholders=PLACEHOLDERS, resources=resource_pool())
     assert check.spec.url == "http://prom-checkout:9090"
     assert check.spec.query == 'up{color="green",other="blue"}'
     assert spec.query == 'up{color="{{new}}",other="{{old}}"}'  # the config stays a template
     with pytest.raises(ValueError, match=r"unknown placeholder \{\{color\}\}"):
-        prometheus_spec(query='up{color="{{color}}"}').build(placeholders=PLACEHOLDERS)
+        prometheus_spec(query='up{color="{{color}}"}').build(
+            placeholders=PLACEHOLDERS, resources=resource_pool()
+        )
 
 
 NEW_Q, OLD_Q = 'q{color="green"}', 'q{color="blue"}'
@@ -325,7 +328,7 @@ NEW_Q, OLD_Q = 'q{color="green"}', 'q{color="blue"}'
 def compare_check(
     answers: dict[str, Answer | QueryFailed], **fields: Any
 ) -> tuple[CompareCheck, StubClient]:
-    check = compare_spec(**fields).build(placeholders=PLACEHOLDERS)
+    check = compare_spec(**fields).build(placeholders=PLACEHOLDERS, resources=resource_pool())
     return check, with_stub(check, answers)
 
 
@@ -422,7 +425,9 @@ async def test_compare_takes_an_integer_baseline() -> None:
 def test_compare_build_renders_each_color() -> None:
     check = compare_spec(
         url="http://prom-{{color}}:9090", query='q{color="{{color}}",svc="{{service}}"}'
-    ).build(placeholders={"new": "blue", "old": "green", "service": "search"})
+    ).build(
+        placeholders={"new": "blue", "old": "green", "service": "search"}, resources=resource_pool()
+    )
     assert (check.new.color, check.new.url) == ("blue", "http://prom-blue:9090")
     assert check.new.query == 'q{color="blue",svc="search"}'
     assert (check.old.color, check.old.url) == ("green", "http://prom-green:9090")

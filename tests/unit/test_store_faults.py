@@ -41,7 +41,7 @@ from cutover.errors import StoreError
 from cutover.observability.alarms import PacedAlarm
 from cutover.observability.metrics import Metrics
 from cutover.store.sqlite import SqliteStore
-from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
 from tests.unit.test_runner import GUARD, Scenario, TrackedStore, make_plan, seq_contiguous
 from tests.unit.test_supervisor import CONFIG
 
@@ -226,7 +226,13 @@ async def test_readyz_is_503_naming_the_store_while_it_cannot_write(tmp_path: Pa
     store = SqliteStore(path=str(tmp_path / "s.db"))
     await store.open()
     metrics = Metrics()
-    sup = Supervisor(config=parse_config(CONFIG), store=store, clock=SystemClock(), metrics=metrics)
+    sup = Supervisor(
+        config=parse_config(CONFIG),
+        store=store,
+        clock=SystemClock(),
+        resources=resource_pool(),
+        metrics=metrics,
+    )
     await sup.start()
     app = make_app(supervisor=sup, store=store, metrics=metrics)
     try:

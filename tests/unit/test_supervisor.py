@@ -24,7 +24,7 @@ from cutover.engine.supervisor import RESPAWN_MAX, Supervisor
 from cutover.errors import ConflictError, PreflightError, TransientError
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
-from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
 from tests.unit.test_runner import TrackedStore
 
 GUARD = 5.0  # real seconds a test may take before it fails as hung
@@ -105,7 +105,12 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
     metrics = Metrics()
     sup = Supervisor(
-        config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters, metrics=metrics
+        config=parse_config(CONFIG),
+        store=store,
+        clock=clock,
+        resources=resource_pool(),
+        adapters=adapters,
+        metrics=metrics,
     )
     await sup.start()
     try:
@@ -202,6 +207,7 @@ async def plain(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Built]]:
         config=parse_config(CONFIG),
         store=store,
         clock=clock,
+        resources=resource_pool(),
         adapters=built.adapters,
         metrics=metrics,
     )
@@ -291,7 +297,11 @@ async def test_live_color_after_an_undo_survives_a_restart(plain: tuple[Daemon, 
         undo = await daemon.supervisor.undo("checkout", actor="erin")
         await finished(daemon, undo.id, Status.ROLLED_BACK)
         restarted = Supervisor(
-            config=parse_config(CONFIG), store=daemon.store, clock=daemon.clock, adapters=None
+            config=parse_config(CONFIG),
+            store=daemon.store,
+            clock=daemon.clock,
+            resources=resource_pool(),
+            adapters=None,
         )
         await restarted.start()
         try:
@@ -316,6 +326,7 @@ async def test_an_undo_in_flight_at_a_restart_resumes_with_its_frozen_spec(
             config=parse_config(renamed_router_config()),
             store=daemon.store,
             clock=daemon.clock,
+            resources=resource_pool(),
             adapters=built.adapters,
         )
         await restarted.start()

@@ -42,7 +42,7 @@ from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
 from cutover.store.base import StateStore
-from cutover.testing import FakeCheck, FakeClock, FakeRouter
+from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
 from tests.unit.test_runner import TrackedStore
 from tests.unit.test_supervisor import CONFIG
 
@@ -365,7 +365,12 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
     metrics = Metrics()
     sup = Supervisor(
-        config=parse_config(CONFIG), store=store, clock=clock, adapters=adapters, metrics=metrics
+        config=parse_config(CONFIG),
+        store=store,
+        clock=clock,
+        resources=resource_pool(),
+        adapters=adapters,
+        metrics=metrics,
     )
     await sup.start()
     try:

@@ -3,9 +3,9 @@
 The daemon runs under ``ulimit -n 1024`` against a real HAProxy while 1500 connections that
 never finish their request head are held open against its API by another process (each one
 opened again as soon as the daemon closes it, like a persistent attacker). When the new color
-starts failing during that flood, HAProxy is at 0 % new within failure_limit x interval + 1 s (measured on HAProxy's
-runtime API, then by real requests), the API answers a new client within the header timeout,
-and the daemon's log grows by less than 1 MB.
+starts failing during that flood, HAProxy is at 0 % new within failure_limit x interval + 1 s
+(measured on HAProxy's runtime API, then by real requests), the API answers a new client
+within the header timeout, and the daemon's log grows by less than 1 MB.
 
 Schemathesis (``schemathesis run``, every check, ``unsupported_method`` included) runs against
 the daemon while a cutover of a real HAProxy is running; half of the generated ``service`` and
@@ -34,6 +34,7 @@ from aiohttp import web
 
 from cutover.checks.promql import ANSWER_LIMIT, PromClient, QueryFailed
 from cutover.config import token_sha256
+from cutover.testing import resource_pool
 from demo.stack import Child, wait_http
 from tests.e2e.conftest import E2E
 
@@ -363,13 +364,13 @@ async def test_a_huge_prometheus_answer_is_refused_unparsed(chunked: bool) -> No
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    client = PromClient(timeout=30.0)
     try:
-        started = time.monotonic()
-        with pytest.raises(QueryFailed, match=f"over {ANSWER_LIMIT}"):
-            await client.query(f"http://127.0.0.1:{site.port}", "up")
-        refused = time.monotonic() - started
+        async with resource_pool() as resources:
+            client = PromClient(timeout=30.0, resources=resources)
+            started = time.monotonic()
+            with pytest.raises(QueryFailed, match=f"over {ANSWER_LIMIT}"):
+                await client.query(f"http://127.0.0.1:{site.port}", "up")
+            refused = time.monotonic() - started
     finally:
-        await client.aclose()
         await runner.cleanup()
     assert refused < 5.0, refused  # not the time to read and parse 76 MB

@@ -513,9 +513,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     redactor = configure_logging(args.log_level, json=args.log_format == "json")
     asyncio.run(
-        run_daemon(
-            config, config_path=args.config, secrets=redactor, act_delay=args.test_act_delay
-        )
+        run_daemon(config, config_path=args.config, secrets=redactor, act_delay=args.test_act_delay)
     )
     return EXIT_OK
 

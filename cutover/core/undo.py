@@ -17,20 +17,10 @@ sessions, and on a failed write "rolled back" to the very color being undone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from cutover.core.machine import Step
+from cutover.core.machine import Refusal, Step
 from cutover.core.model import Color, Cutover, Event, Phase, Plan, Stage, Status, evolve
 
-__all__ = ["UndoRefusal", "live_after", "new_undo", "undo_plan", "undo_refusal"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class UndoRefusal:
-    """Why an undo is refused now: an API error ``code`` (HTTP 409) and the sentence."""
-
-    code: str
-    message: str
+__all__ = ["live_after", "new_undo", "undo_plan", "undo_refusal"]
 
 
 def live_after(c: Cutover) -> Color | None:
@@ -51,18 +41,18 @@ def undo_plan(completed: Plan) -> Plan:
 
 def undo_refusal(
     *, last_switch: Cutover | None, running: Cutover | None, now: float, undo_window: float
-) -> UndoRefusal | None:
+) -> Refusal | None:
     """Why ``undo`` is refused now, or ``None`` when it may go ahead.
 
     ``last_switch`` is the service's newest cutover that changed its live color (a completed
     cutover or a verified undo); ``running`` its cutover that still owns it, if any."""
     if running is not None:
-        return UndoRefusal(
+        return Refusal(
             code="cutover_running",
             message=f"{running.kind} {running.id} is {running.status.value} on this service",
         )
     if last_switch is not None and last_switch.status is Status.ROLLED_BACK:  # a verified undo
-        return UndoRefusal(
+        return Refusal(
             code="nothing_to_undo",
             message=f"the last completed cutover was already undone by {last_switch.id}",
         )
@@ -71,10 +61,10 @@ def undo_refusal(
         or last_switch.status is not Status.COMPLETED
         or last_switch.finished_at is None
     ):
-        return UndoRefusal(code="nothing_to_undo", message="no completed cutover to undo")
+        return Refusal(code="nothing_to_undo", message="no completed cutover to undo")
     age = now - last_switch.finished_at
     if age > undo_window:
-        return UndoRefusal(
+        return Refusal(
             code="undo_window_passed",
             message=f"the last cutover {last_switch.id} completed {age:.0f}s ago, beyond "
             f"undo_window {undo_window:g}s",

@@ -5,14 +5,14 @@ holding their first stage fed (one HAProxy router, two checks with values, one o
 each router operation), as their runners would. Per N:
 
 * ``text``       the size of the exposition;
-* ``samples``    its sample lines: the series Prometheus stores;
-* ``render``     median time of ``render()`` after every service changed since the last one
-                 (a new cutover and an ``observe`` timing each: what 5 s of runners do), on
-                 the calling thread: the CPU a scrape costs;
+* ``changed``    median time of ``render()`` after every service changed since the last one
+                 (a new cutover and an ``observe`` timing each: what 5 s of runners do);
+* ``same``       median time of ``render()`` when nothing changed;
 * ``held``       the longest the event loop waited for a task while ``scrape()`` (what
-                 ``GET /metrics`` serves) wrote the text;
+                 ``GET /metrics`` serves) wrote the changed services;
 * ``series``     tracemalloc: memory of the metrics before any render;
-* ``peak``       ... at most during one.
+* ``kept``       ... after one (the kept text of every service included, the body not);
+* ``peak``       ... at most during it.
 
     .venv/bin/python benchmarks/metrics_render.py            # N = 100, 300 and 1000
     .venv/bin/python benchmarks/metrics_render.py --quick    # N = 50, fewer renders
@@ -46,11 +46,10 @@ from cutover.core.model import (  # noqa: E402
     Stage,
     Verdict,
 )
-from cutover.daemon import GC_THRESHOLDS  # noqa: E402
 from cutover.observability.metrics import Metrics  # noqa: E402
 
 OPS = ("observe", "apply", "rollback")
-WIDTHS = (6, 8, 8, 8, 8, 8, 8)
+WIDTHS = (6, 8, 10, 8, 8, 8, 8, 8)
 
 
 def holding(i: int, elapsed: float) -> Cutover:
@@ -120,31 +119,33 @@ def measure(n: int, renders: int) -> list[str]:
     series = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.reset_peak()
     body = m.render()
+    kept = tracemalloc.get_traced_memory()[0] - base - len(body)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    rendered, held = [], []
+    changed, same, held = [], [], []
     for r in range(renders):
         cutovers = [holding(i, 20.0 + r) for i in range(n)]
         runners_pass(m, cutovers, ("observe",))
-        rendered.append(ms(m.render))
+        changed.append(ms(m.render))
+        same.append(ms(m.render))
         runners_pass(m, cutovers, ("observe",))
         held.append(asyncio.run(longest_hold(m.scrape)))
     mb = 1e6
     return [
         str(n),
         f"{len(body) / mb:.2f}MB",
-        str(sum(1 for line in body.splitlines() if not line.startswith(b"#"))),
-        f"{statistics.median(rendered):.1f}",
+        f"{statistics.median(changed):.1f}",
+        f"{statistics.median(same):.1f}",
         f"{max(held):.1f}",
         f"{series / mb:.1f}MB",
+        f"{kept / mb:.1f}MB",
         f"{peak / mb:.1f}MB",
     ]
 
 
 def main(sizes: list[int], renders: int) -> None:
-    gc.set_threshold(*GC_THRESHOLDS)  # as the daemon runs, so a collection pauses as there
-    print(row(["N", "text", "samples", "render", "held", "series", "peak"], WIDTHS))
-    print(row(["", "", "", "ms", "ms max", "", ""], WIDTHS))
+    print(row(["N", "text", "changed", "same", "held", "series", "kept", "peak"], WIDTHS))
+    print(row(["", "", "ms", "ms", "ms max", "", "", ""], WIDTHS))
     for n in sizes:
         print(row(measure(n, renders), WIDTHS))
 

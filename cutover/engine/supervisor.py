@@ -356,7 +356,15 @@ class Supervisor:
                 self._metrics.set_live(entry[0].cutover.service, live)
 
     def _crashed(self, cutover_id: str, exc: BaseException) -> None:
-        """Schedule a respawn of a crashed runner after a bounded backoff (an alarm)."""
+        """Schedule a respawn of a crashed runner after a bounded backoff (an alarm).
+
+        Written by hand, not with tenacity (which actuation uses): tenacity retries one awaited
+        call, its attempt counter only grows for the life of that call, and its per-attempt
+        timestamps read ``time.monotonic`` rather than the injected clock. Here each attempt is
+        a separate runner task that must stay reachable (``runner()``, commands, ``stop()``)
+        and is re-read from the store, and the count resets once a runner has lived for
+        ``restart_window``: tenacity would need a wait holding its own resettable counter and
+        clock reading, i.e. this same bookkeeping hidden in a callback."""
         crashes = self._crashes.get(cutover_id, 0) + 1
         self._crashes[cutover_id] = crashes
         delay = min(RESPAWN_FIRST * 2 ** (crashes - 1), RESPAWN_MAX)

@@ -20,7 +20,7 @@ import structlog
 from cutover.checks.base import Check
 from cutover.config import ServiceSpec, parse_config
 from cutover.core.model import Color, Cutover, Event, Status, Verdict
-from cutover.engine.supervisor import RESPAWN_MAX, Supervisor
+from cutover.engine.supervisor import RESPAWN_FIRST, RESPAWN_MAX, Supervisor
 from cutover.errors import ConflictError, PreflightError, TransientError
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
@@ -91,7 +91,9 @@ class Daemon:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+async def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Daemon]:
+    """A supervisor over fakes; ``CONFIG`` unless a test passes another (indirect param)."""
+    config: dict[str, Any] = getattr(request, "param", CONFIG)
     store = BuggyStore(path=str(tmp_path / "state.db"))
     await store.open()
     clock = FakeClock()
@@ -105,7 +107,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
     metrics = Metrics()
     sup = Supervisor(
-        config=parse_config(CONFIG),
+        config=parse_config(config),
         store=store,
         clock=clock,
         resources=resource_pool(),
@@ -171,6 +173,52 @@ async def test_respawn_backs_off_and_stop_cancels_a_pending_respawn(daemon: Daem
             assert daemon.supervisor.runner(again.id) is None  # crashed, respawn pending
             await daemon.supervisor.stop()
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("respawn-")]
+
+
+#: CONFIG with a short ``restart_window``: a runner alive that long has earned a fresh backoff.
+WINDOW = 1.0
+SHORT_WINDOW: dict[str, Any] = {
+    "services": {
+        "checkout": {
+            **CONFIG["services"]["checkout"],
+            "restart_window": f"{WINDOW:g}s",
+            "stages": [{"weight": 50, "hold": "10s"}, {"weight": 100, "hold": "2s"}],
+        }
+    }
+}
+
+
+@pytest.mark.parametrize("daemon", [SHORT_WINDOW], indirect=True)
+async def test_a_runner_alive_for_restart_window_resets_the_respawn_backoff(
+    daemon: Daemon,
+) -> None:
+    async with asyncio.timeout(GUARD):
+        with structlog.testing.capture_logs() as logs:
+
+            def crashes() -> list[dict[str, Any]]:
+                return [e for e in logs if e["event"] == "runner crashed; respawning it"]
+
+            # Given a runner that crashed at once and was respawned after the first backoff
+            daemon.store.crashes = 1
+            c = await daemon.supervisor.start_cutover("checkout", actor="test")
+            for _ in range(20):
+                if crashes() and daemon.supervisor.runner(c.id) is not None:
+                    break
+                await daemon.clock.advance(0.25, step=0.25, settle=daemon.store.idle.wait)
+            assert len(crashes()) == 1 and daemon.supervisor.runner(c.id) is not None
+
+            # When the respawned runner has lived past restart_window and then crashes again
+            await daemon.clock.advance(WINDOW + 0.5, step=0.25, settle=daemon.store.idle.wait)
+            assert len(crashes()) == 1
+            daemon.store.crashes = 1
+            done = await daemon.advance_until_status(c.id, Status.COMPLETED)
+
+    # Then its backoff starts over (1 s, not the doubled 2 s of a crash in a row)
+    assert [(e["crashes_in_a_row"], e["respawn_in"]) for e in crashes()] == [
+        (1, RESPAWN_FIRST),
+        (1, RESPAWN_FIRST),
+    ]
+    assert done.status is Status.COMPLETED
 
 
 # --- undo: a rollback of the completed cutover; refused starts are kept -------------------------

@@ -186,7 +186,8 @@ async def test_every_dashboard_panel_returns_data_mid_cutover(
         exposed = (await http_request(e2e.port, "/metrics")).body
         for rule in alert_rules():
             for name in re.findall(r"\bcutover_[a-z_]+", rule["expr"]):
-                assert f"\n{name}{{" in exposed, f"{rule['alert']} reads {name}: not exposed"
+                series = re.search(rf"^{name}[{{ ]", exposed, re.MULTILINE)
+                assert series is not None, f"{rule['alert']} reads {name}: not exposed"
     finally:
         await prom.cleanup()
 

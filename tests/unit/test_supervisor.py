@@ -9,7 +9,7 @@ and checks are the fakes of :mod:`cutover.testing`, handed to the supervisor thr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,7 @@ async def test_a_runner_alive_for_restart_window_resets_the_respawn_backoff(
     async with asyncio.timeout(GUARD):
         with structlog.testing.capture_logs() as logs:
 
-            def crashes() -> list[dict[str, Any]]:
+            def crashes() -> list[MutableMapping[str, Any]]:
                 return [e for e in logs if e["event"] == "runner crashed; respawning it"]
 
             # Given a runner that crashed at once and was respawned after the first backoff

@@ -44,10 +44,10 @@ __all__ = [
 
 #: Garbage-collector generation thresholds for the daemon. With CPython's default (700, 10, 10)
 #: a cutover's short-lived states (each step makes a new one, kept a few seconds) survive many
-#: young collections and fill the old generation, so a full collection ran every ~20 s at 1000
-#: cutovers and held the event loop 150 ms each (rollbacks included). With 50 000 allocations
-#: between young collections most of them die first: at 1000 cutovers a full collection then
-#: ran once in a 90 s run and loop lag p99 fell from <= 25 ms to <= 2.5 ms (docs/performance.md).
+#: young collections and fill the old generation, so with many cutovers full collections run
+#: often and each holds the event loop (rollbacks included). With far more allocations between
+#: young collections most of those states die young and full collections become rare
+#: (measured in docs/performance.md).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

@@ -35,8 +35,8 @@ LATE_MIN = 0.5
 def _new_session() -> aiohttp.ClientSession:
     """The checks' shared aiohttp session.
 
-    A session per check costs a connector, its pools and TLS context each: 1000 checks took
-    23 MB more than one shared session (docs/performance.md). The shared session has no cookie
+    A session per check costs a connector, its pools and TLS context each, which adds up over
+    a daemon's thousands of checks (docs/performance.md). The shared session has no cookie
     jar (services must not see each other's cookies) and no connection limit: each check has
     at most one request in flight, and a limit would let slow services' requests make the
     others' wait for a connection and time out."""

@@ -26,8 +26,8 @@ class Clock(Protocol):
     def call_later(self, seconds: float, callback: Callable[..., object], *args: Any) -> Timer:
         """Call ``callback(*args)`` on the loop once ``seconds`` have passed, unless cancelled.
         A waiting timer is one handle, where a task asleep in :meth:`sleep` holds a coroutine
-        chain, a future and a context: at 1000 cutovers those were most of what the garbage
-        collector traversed (docs/performance.md)."""
+        chain, a future and a context: with many cutovers those make up most of what the
+        garbage collector traverses (docs/performance.md)."""
         ...
 
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:

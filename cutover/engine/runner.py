@@ -59,8 +59,8 @@ __all__ = ["Runner"]
 
 #: Write progress alone (elapsed hold time, passing measurements: see
 #: ``Cutover.only_progress_since``) at most this often per cutover. A crash loses at most this
-#: much hold time (the hold then lasts longer, never shorter); at 1000 cutovers it is ~33
-#: writes a second instead of one per measurement.
+#: much hold time (the hold then lasts longer, never shorter); with many cutovers it keeps the
+#: store's writes far below one per measurement (docs/performance.md).
 PERSIST_EVERY = 30.0
 #: Seconds between read-backs of a cutover without checks (with checks: two check intervals).
 OBSERVE_WITHOUT_CHECKS = 5.0
@@ -127,7 +127,7 @@ class Runner:
         self._log = structlog.get_logger().bind(service=cutover.service, cutover=cutover.id)
         self._act_delay = act_delay
         # Drift is rare and a hold is long: routers are read back every two check intervals
-        # (1-10 s), half the read-backs of one per interval (at 1000 cutovers, 100 a second).
+        # (1-10 s), half the read-backs of one per interval.
         intervals = [p.interval for p in cutover.plan.checks]
         self._observe_every = (
             max(1.0, min(2 * min(intervals), 10.0)) if intervals else OBSERVE_WITHOUT_CHECKS
@@ -241,7 +241,7 @@ class Runner:
     def _repeats_last_reading(self, rb: _ReadBack) -> bool:
         """A periodic read-back equal to the last one handled, with the cutover unchanged for
         it since: the machine would decide exactly what it decided then, so it is not stepped
-        (at 1000 cutovers, most read-backs). A new reading or an error always goes through."""
+        (most periodic read-backs are). A new reading or an error always goes through."""
         last = self._last_reading.get(rb.router)
         if last is None or rb.reading is None:
             return False
@@ -260,8 +260,8 @@ class Runner:
         self._wake_at = due
         self._at(remaining, "wake", self._inbox.put_nowait, (_Wake(), None))
 
-    # Timers take their callback's arguments, not closures: at 1000 cutovers a closure per
-    # timer (its functions and cells) was over a quarter of what young collections traversed.
+    # Timers take their callback's arguments, not closures: a closure per timer (its function
+    # and cells) is more garbage for every young collection to traverse (docs/performance.md).
 
     def _at(self, seconds: float, key: str, callback: Callable[..., object], *args: Any) -> None:
         """(Re)arm timer ``key`` to call ``callback(*args)`` in ``seconds``."""

@@ -117,7 +117,8 @@ class AppliesAndObserves(Protocol):
 def one_round_trip(router: Router) -> AppliesAndObserves | None:
     """``router`` as an :class:`AppliesAndObserves` when it is one, else None. Not
     ``isinstance``: a runtime-checkable Protocol's check collects the protocol's members on
-    every call (~10 µs, on the path of every rollback and stage shift)."""
+    every call, and this is on the path of every rollback and stage shift
+    (docs/performance.md)."""
     if callable(getattr(router, "apply_and_observe", None)):
         return cast(AppliesAndObserves, router)
     return None

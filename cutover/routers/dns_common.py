@@ -305,8 +305,9 @@ async def exchange_all(
 # TCP over the loop's socket calls rather than dns.asyncquery.tcp, which cannot do two things
 # the routers need: pipeline several queries on one connection (exchange_all), and hand back
 # a signed message's unsigned refusal so its rcode and TSIG error reach the operator
-# (_answer; dnspython raises and the reason is lost). It also costs half the CPU a query
-# (docs/performance.md). dnspython still builds, signs, parses and verifies the messages.
+# (_answer; dnspython raises and the reason is lost). It also takes less CPU a query, which
+# every DNS rollback pays (docs/performance.md). dnspython still builds, signs, parses and
+# verifies the messages.
 
 
 def _socket(host: str, kind: socket.SocketKind) -> socket.socket:

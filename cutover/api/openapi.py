@@ -1,5 +1,9 @@
 """The OpenAPI 3.1 description of the API, kept true by a test that walks the routes.
 
+The shapes of answers and request bodies (``components.schemas``) are generated from the
+models of :mod:`cutover.api.models`, the one definition the encoder is tested against; the
+paths, written here, refer to them.
+
 Every ``/v1`` operation declares the bearer scheme and its refusals (401; 403 for a POST,
 which needs an operator token) in one place, :func:`_secured`, rather than per operation; every
 ``/v1`` GET its ETag and 304 answer in :func:`_conditional`.
@@ -9,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from cutover import __version__
+from cutover.api.models import PromoteRequest, ResumeRequest, component_schemas
 
 __all__ = ["openapi_spec"]
 
@@ -44,174 +51,33 @@ _NOT_NOW = "invalid_state: the command does not apply in this state"
 
 
 def _action(
-    verb: str, what: str, *, flag: tuple[str, str] | None = None, refusal: str = ""
+    verb: str, what: str, *, body: type[BaseModel] | None = None, refusal: str = ""
 ) -> dict[str, Any]:
-    """An operator command; ``flag`` is the one boolean its body may carry (name, what it
-    does) and ``refusal`` the 409 code that flag overrides (with what it names)."""
-    body: dict[str, Any] = _NO_BODY
+    """An operator command; ``body`` is the model of the one boolean flag its body may carry
+    and ``refusal`` the 409 code that flag overrides (with what it names)."""
+    request: dict[str, Any] = _NO_BODY
     responses: dict[str, Any] = {
         "200": _json(_ref("Cutover"), "the cutover after the command"),
         "400": _ERR,
         "404": _ERR,
         "409": _json(_ref("Error"), f"{_NOT_NOW}; {refusal}" if refusal else _NOT_NOW),
     }
-    if flag is not None:
-        name, does = flag
-        schema = {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {name: {"type": "boolean", "default": False, "description": does}},
+    if body is not None:
+        (flag,) = body.model_fields
+        request = {
+            "required": False,
+            "content": {"application/json": {"schema": _ref(body.__name__)}},
         }
-        body = {"required": False, "content": {"application/json": {"schema": schema}}}
-        responses["422"] = {**_ERR, "description": f"invalid_body: {name} is not a boolean"}
+        responses["422"] = {**_ERR, "description": f"invalid_body: {flag} is not a boolean"}
     return {
         "post": {
             "summary": what,
             "operationId": f"{verb}Cutover",
             "parameters": [_ID, _ACTOR],
-            "requestBody": body,
+            "requestBody": request,
             "responses": responses,
         }
     }
-
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": ["seq", "kind", "at", "message", "data"],
-        "properties": {
-            "seq": {"type": "integer"},
-            "kind": {"type": "string"},
-            "at": {"type": "number"},
-            "message": {"type": "string"},
-            "data": {"type": "object"},
-        },
-    },
-    "Router": {
-        "type": "object",
-        "required": ["name", "type", "desired", "observed"],
-        "properties": {
-            "name": {"type": "string"},
-            "type": {"type": "string"},
-            "desired": {"type": "integer", "description": "new color's share, percent"},
-            "observed": {"type": ["number", "null"], "description": "share read back"},
-            "detail": {"type": "string"},
-            "drift": {"type": "boolean"},
-            "error": {"type": "string"},
-            "ttl": {"type": "number", "description": "DNS TTL in seconds; 0 for load balancers"},
-            "clients_from": {
-                "type": ["number", "null"],
-                "description": "DNS: the earliest wall time every client can follow our last "
-                "verified write (written at + TTL); null for load balancers",
-            },
-        },
-    },
-    "Check": {
-        "type": "object",
-        "required": ["name", "status", "value", "at", "failures_in_window"],
-        "properties": {
-            "name": {"type": "string"},
-            "status": {"enum": ["pass", "fail", "inconclusive", "error", None]},
-            "value": {"type": ["number", "null"]},
-            "detail": {"type": "string"},
-            "at": {"type": ["number", "null"]},
-            "counting": {"type": ["boolean", "null"]},
-            "failures_in_window": {"type": "integer"},
-            "failure_limit": {"type": ["integer", "null"]},
-            "dry_run": {"type": "boolean"},
-            "history": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "Cutover": {
-        "type": "object",
-        "required": [
-            "id",
-            "service",
-            "from",
-            "to",
-            "state",
-            "stage",
-            "stages",
-            "routers",
-            "checks",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "service": {"type": "string"},
-            "kind": {"enum": ["cutover", "undo"]},
-            "from": {"enum": ["blue", "green"]},
-            "to": {"enum": ["blue", "green"]},
-            "state": {
-                "enum": [
-                    "running",
-                    "awaiting_approval",
-                    "paused",
-                    "rolling_back",
-                    "completed",
-                    "rolled_back",
-                    "failed",
-                    "refused",
-                ],
-                "description": "refused: a start (or undo) that preflight refused, kept in "
-                "history with its reason; nothing moved. An undo runs as a rollback of the "
-                "cutover it undoes (same from/to): rolling_back, then rolled_back (from is "
-                "live again) or failed (still retrying)",
-            },
-            "phase": {
-                "enum": ["preflight", "shifting", "holding", "baking"],
-                "description": "baking: after the last stage's hold, at 100 % with every check "
-                "running for the service's bake",
-            },
-            "stage": {"type": "integer"},
-            "stages": {"type": "array", "items": {"type": "object"}},
-            "hold_elapsed": {"type": "number"},
-            "ttl_wait": {
-                "type": "number",
-                "description": "seconds of a lowered DNS TTL waited out before stage 1 (0: none)",
-            },
-            "ttl_wait_left": {"type": "number"},
-            "bake": {"type": "number", "description": "the plan's bake in seconds (0: none)"},
-            "bake_left": {
-                "type": "number",
-                "description": "seconds of the bake still to run (all of it before it starts)",
-            },
-            "routers": {"type": "array", "items": _ref("Router")},
-            "checks": {"type": "array", "items": _ref("Check")},
-            "reason": {"type": ["string", "null"]},
-            "store_error": {
-                "type": ["string", "null"],
-                "description": "why the state store cannot take this cutover's latest "
-                "transition (disk full, read-only, database lost); null while it is written. "
-                "A rollback is acted on meanwhile; nothing moves toward the new color",
-            },
-            "created_at": {"type": "number"},
-            "updated_at": {"type": "number"},
-            "finished_at": {"type": ["number", "null"]},
-            "revision": {"type": "integer"},
-            "events": {"type": "array", "items": _ref("Event")},
-        },
-    },
-    "Service": {
-        "type": "object",
-        "required": ["name", "live", "cutover"],
-        "properties": {
-            "name": {"type": "string"},
-            "live": {"enum": ["blue", "green"]},
-            "cutover": {"oneOf": [_ref("Cutover"), {"type": "null"}]},
-        },
-    },
-}
 
 
 _BEARER = {
@@ -306,7 +172,7 @@ def _secured(paths: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_spec() -> dict[str, Any]:
-    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    status = _ref("ProbeStatus")
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "cutover", "version": __version__},
@@ -372,18 +238,7 @@ def openapi_spec() -> dict[str, Any]:
                         "Content-Encoding: gzip to a client whose Accept-Encoding allows it "
                         "(Vary: Accept-Encoding).",
                         "operationId": "listServices",
-                        "responses": {
-                            "200": _json(
-                                {
-                                    "type": "object",
-                                    "required": ["services"],
-                                    "properties": {
-                                        "services": {"type": "array", "items": _ref("Service")}
-                                    },
-                                },
-                                "services",
-                            )
-                        },
+                        "responses": {"200": _json(_ref("ServiceList"), "services")},
                     }
                 },
                 "/v1/services/{service}": {
@@ -424,17 +279,7 @@ def openapi_spec() -> dict[str, Any]:
                             },
                         ],
                         "responses": {
-                            "200": _json(
-                                {
-                                    "type": "object",
-                                    "required": ["service", "cutovers"],
-                                    "properties": {
-                                        "service": {"type": "string"},
-                                        "cutovers": {"type": "array", "items": _ref("Cutover")},
-                                    },
-                                },
-                                "history",
-                            ),
+                            "200": _json(_ref("History"), "history"),
                             "400": _ERR,
                             "404": _ERR,
                         },
@@ -480,25 +325,21 @@ def openapi_spec() -> dict[str, Any]:
                 "/v1/cutovers/{id}/resume": _action(
                     "resume",
                     "resume a paused cutover",
-                    flag=(
-                        "reapply",
-                        "write the current stage to every router again, over what a drifted "
-                        "router holds",
-                    ),
+                    body=ResumeRequest,
                     refusal="drift: paused on drift and reapply not given; the message names "
                     "each drifted router, the share the daemon last wrote and what it reads",
                 ),
                 "/v1/cutovers/{id}/promote": _action(
                     "promote",
                     "pass the current stage's hold or approval gate, or end the bake",
-                    flag=("force", "promote although checks are not passing (the event says so)"),
+                    body=PromoteRequest,
                     refusal="checks_not_passing: an acting check's latest counting measurement "
                     "at this stage is not pass and force not given; the message names each",
                 ),
                 "/v1/cutovers/{id}/abort": _action("abort", "roll back at once"),
             }
         ),
-        "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": _BEARER}},
+        "components": {"schemas": component_schemas(), "securitySchemes": {"bearer": _BEARER}},
     }
     _conditional(spec["paths"])
     _limited(spec["paths"])

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import BaseModel, ValidationError
 
+from cutover.api import models
 from cutover.api import views as views_module
 from cutover.api.app import LIST_BUILDS, LISTING, VIEWS, accepts_gzip, make_app
 from cutover.api.views import LIST_MAX_AGE, LIST_STALE_MAX_AGE, StatusViews, history_json
@@ -49,31 +51,9 @@ from tests.unit.test_supervisor import CONFIG
 Client = TestClient  # type: ignore[type-arg]
 GUARD = 10.0  # real seconds a test may take before it fails as hung
 
-#: The answer's keys in their order (PRODUCT.md's fields among them); events come last.
-KEYS = [
-    "id",
-    "service",
-    "kind",
-    "from",
-    "to",
-    "state",
-    "phase",
-    "stage",
-    "stages",
-    "hold_elapsed",
-    "ttl_wait",
-    "ttl_wait_left",
-    "bake",
-    "bake_left",
-    "routers",
-    "checks",
-    "reason",
-    "store_error",
-    "created_at",
-    "updated_at",
-    "finished_at",
-    "revision",
-]
+#: The answer's keys in their order: the model's fields (PRODUCT.md's among them); the events
+#: come last and only in the answers about one cutover.
+KEYS = [f.alias or name for name, f in models.Cutover.model_fields.items() if name != "events"]
 
 
 def _cutover(**kw: Any) -> Cutover:
@@ -314,6 +294,52 @@ def test_list_service_and_history_shapes() -> None:
         "service": "checkout",
         "cutovers": [_decoded(encoded)] * 2,
     }
+
+
+def _as_model(model: type[BaseModel], body: bytes) -> dict[str, Any]:
+    """``body`` read through ``model`` (no undeclared field, every required one) and dumped
+    back as the fields it held."""
+    return model.model_validate_json(body).model_dump(
+        mode="json", by_alias=True, exclude_unset=True
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"phase": Phase.PREFLIGHT, "ttl_wait": 30.0, "stage_elapsed": 7.5},
+        {"status": Status.ROLLED_BACK, "reason": "health failed", "finished_at": 1.7e9},
+        {"kind": "undo", "store_error": "disk full", "checks": ()},
+    ],
+)
+async def test_every_encoded_answer_is_what_the_models_define(change: dict[str, Any]) -> None:
+    views = StatusViews()
+    c = _cutover(**change)
+    events = EventStore()
+    events.append("started", "stage_applied")
+    full, brief = views.cutover(c), views.brief(c)
+    with_events = await views.cutover_with_events(c, _store(events))
+    answers: list[tuple[type[BaseModel], bytes]] = [
+        (models.Cutover, full),
+        (models.Cutover, brief),
+        (models.Cutover, with_events),
+        (models.ServiceList, views.services([("checkout", "blue", brief), ("pay", "green", None)])),
+        (models.Service, views.service("checkout", "blue", with_events)),
+        (models.History, history_json("checkout", [full, full])),
+    ]
+    for model, body in answers:
+        assert _as_model(model, body) == json.loads(body), model.__name__
+    assert [e["seq"] for e in _decoded(with_events)["events"]] == [1, 2]
+
+
+def test_the_models_refuse_a_field_they_do_not_declare_and_a_missing_one() -> None:
+    body = _decoded(StatusViews().cutover(_cutover()))
+    with pytest.raises(ValidationError, match="extra"):
+        models.Cutover.model_validate({**body, "surprise": 1})
+    del body["revision"]
+    with pytest.raises(ValidationError, match="revision"):
+        models.Cutover.model_validate(body)
 
 
 # --- through the app, with a running cutover ---------------------------------------------------

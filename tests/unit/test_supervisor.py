@@ -201,10 +201,10 @@ async def test_a_runner_alive_for_restart_window_resets_the_respawn_backoff(
             # Given a runner that crashed at once and was respawned after the first backoff
             daemon.store.crashes = 1
             c = await daemon.supervisor.start_cutover("checkout", actor="test")
-            for _ in range(20):
-                if crashes() and daemon.supervisor.runner(c.id) is not None:
-                    break
+            # (bounded by GUARD, not by fake time: the respawn reads the store in a thread)
+            while not (crashes() and daemon.supervisor.runner(c.id) is not None):
                 await daemon.clock.advance(0.25, step=0.25, settle=daemon.store.idle.wait)
+                await asyncio.sleep(0.001)
             assert len(crashes()) == 1 and daemon.supervisor.runner(c.id) is not None
 
             # When the respawned runner has lived past restart_window and then crashes again

@@ -13,18 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import os
 import socket
 import ssl
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 
 from cutover import __version__
+from cutover.api.models import Cutover, Event, Service, ServiceList
+from cutover.api.models import History as CutoverHistory
 from cutover.config import TOKEN_NAME, Config, TokenSpec, load_config
 from cutover.core.model import other_color
 from cutover.errors import ConfigError, CutoverError
@@ -45,6 +47,9 @@ TERMINAL_EXIT = {
 }
 DEFAULT_URL = "http://127.0.0.1:8480"
 REQUEST_TIMEOUT = 30.0
+
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
 
 
 class ClientError(Exception):
@@ -224,6 +229,22 @@ class Client:
         except aiohttp.ClientError as exc:
             raise ClientError(f"request to {self.url}{path} failed: {exc!r}") from None
 
+    async def read(
+        self, model: type[_Answer], method: str, path: str, body: dict[str, Any] | None = None
+    ) -> _Answer:
+        """The answer read through its API model; one the model does not fit (a daemon of
+        another version) is refused with what differs."""
+        answer = await self.call(method, path, body)
+        try:
+            return model.model_validate(answer)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ClientError(
+                f"the daemon at {self.url} answered {method} {path} in a shape cutover "
+                f"{__version__} does not read ({where}: {first['msg']}); is it another version?"
+            ) from None
+
     def _refusal(self, status: int, reason: str | None, body: Any) -> str:
         """One line for a refused request; the API's message names the token, never shows it."""
         err = body.get("error") if isinstance(body, dict) else None
@@ -261,60 +282,58 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{round(value, 1):g}%"
 
 
-def render_cutover(c: dict[str, Any]) -> str:
-    stages = c["stages"]
-    idx = c["stage"]
+def render_cutover(c: Cutover) -> str:
+    stages = c.stages
+    idx = c.stage
     lines = [
-        f"{c['service']}: {c['kind']} {c['id']} {c['from']} -> {c['to']}  state={c['state']}"
-        f" phase={c['phase']}",
+        f"{c.service}: {c.kind} {c.id} {c.from_} -> {c.to}  state={c.state} phase={c.phase}",
         "stages: "
         + "  ".join(
             ("[" if i == idx else " ")
-            + f"{s['weight']}%/{s['hold']:g}s{'+approval' if s['approval'] else ''}"
+            + f"{s.weight}%/{s.hold:g}s{'+approval' if s.approval else ''}"
             + ("]" if i == idx else " ")
             for i, s in enumerate(stages)
         )
-        + f"   hold {c.get('hold_elapsed', 0):.0f}/{stages[idx]['hold']:g}s",
+        + f"   hold {c.hold_elapsed:.0f}/{stages[idx].hold:g}s",
     ]
-    if c.get("bake"):
-        baked = c["bake"] - c.get("bake_left", c["bake"])
-        now = " (baking: checks running, a breach rolls back)" if c["phase"] == "baking" else ""
-        lines.append(f"  bake at 100% {c['to']}: {baked:.0f}/{c['bake']:g}s{now}")
-    if c.get("ttl_wait_left"):
+    if c.bake:
+        baked = c.bake - c.bake_left
+        now = " (baking: checks running, a breach rolls back)" if c.phase == "baking" else ""
+        lines.append(f"  bake at 100% {c.to}: {baked:.0f}/{c.bake:g}s{now}")
+    if c.ttl_wait_left:
         lines.append(
-            f"  waiting out the old DNS TTL before stage 1: {c['ttl_wait_left']:.0f}s of "
-            f"{c['ttl_wait']:g}s left"
+            f"  waiting out the old DNS TTL before stage 1: {c.ttl_wait_left:.0f}s of "
+            f"{c.ttl_wait:g}s left"
         )
-    for r in c["routers"]:
-        extra = " DRIFT" if r.get("drift") else ""
-        extra += f" error: {r['error']}" if r.get("error") else ""
-        detail = f" ({r['detail']})" if r.get("detail") else ""
-        if r.get("clients_from"):
-            moved = time.strftime("%H:%M:%S", time.localtime(r["clients_from"]))
-            detail += f" DNS clients from {moved} at the earliest (TTL {r['ttl']:g}s)"
+    for r in c.routers:
+        extra = " DRIFT" if r.drift else ""
+        extra += f" error: {r.error}" if r.error else ""
+        detail = f" ({r.detail})" if r.detail else ""
+        if r.clients_from:
+            moved = time.strftime("%H:%M:%S", time.localtime(r.clients_from))
+            detail += f" DNS clients from {moved} at the earliest (TTL {r.ttl:g}s)"
         lines.append(
-            f"  router {r['name']} [{r['type']}]: desired {r['desired']}% observed "
-            f"{_pct(r['observed'])}{detail}{extra}"
+            f"  router {r.name} [{r.type}]: desired {r.desired}% observed "
+            f"{_pct(r.observed)}{detail}{extra}"
         )
-    for ch in c["checks"]:
-        value = "" if ch["value"] is None else f" value={ch['value']:g}"
-        dry = " (dry run)" if ch.get("dry_run") else ""
+    for ch in c.checks:
+        value = "" if ch.value is None else f" value={ch.value:g}"
+        dry = " (dry run)" if ch.dry_run else ""
         lines.append(
-            f"  check {ch['name']}: {ch['status'] or 'not measured yet'}{value}"
-            f" failures={ch['failures_in_window']}/{ch.get('failure_limit')}{dry}"
-            + (f"  {ch['detail']}" if ch.get("detail") else "")
+            f"  check {ch.name}: {ch.status or 'not measured yet'}{value}"
+            f" failures={ch.failures_in_window}/{ch.failure_limit}{dry}"
+            + (f"  {ch.detail}" if ch.detail else "")
         )
-    if c.get("reason"):
-        lines.append(f"  reason: {c['reason']}")
-    if c.get("store_error"):  # nothing moves toward the new color until it is written
-        lines.append(f"  store_error: {c['store_error']} (latest transition not written yet)")
+    if c.reason:
+        lines.append(f"  reason: {c.reason}")
+    if c.store_error:  # nothing moves toward the new color until it is written
+        lines.append(f"  store_error: {c.store_error} (latest transition not written yet)")
     return "\n".join(lines)
 
 
-def render_events(events: list[dict[str, Any]]) -> str:
+def render_events(events: list[Event]) -> str:
     return "\n".join(
-        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))}  {e['kind']:<17} "
-        f"{e['message']}"
+        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.at))}  {e.kind:<17} {e.message}"
         for e in events
     )
 
@@ -341,8 +360,8 @@ def _bake_line(bake: float) -> str:
 
 async def _live_color(client: Client, service: str, config: Config) -> tuple[str, str]:
     try:
-        body = await client.call("GET", f"/v1/services/{service}")
-        return str(body["live"]), "from the daemon"
+        answer = await client.read(Service, "GET", f"/v1/services/{service}")
+        return answer.live, "from the daemon"
     except ClientError:
         return config.service(service).live, "from the config (daemon not reachable)"
 
@@ -404,55 +423,60 @@ async def cmd_plan(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-async def _current(client: Client, service: str) -> dict[str, Any]:
-    body = await client.call("GET", f"/v1/services/{service}")
-    if body.get("cutover") is None:
-        raise ClientError(f"service {service} has had no cutover yet (live: {body['live']})")
-    return body["cutover"]  # type: ignore[no-any-return]
+def _json(answer: BaseModel) -> str:
+    """The answer as the daemon sent it (the fields it held), indented for a person."""
+    return answer.model_dump_json(indent=2, by_alias=True, exclude_unset=True)
+
+
+async def _current(client: Client, service: str) -> Cutover:
+    answer = await client.read(Service, "GET", f"/v1/services/{service}")
+    if answer.cutover is None:
+        raise ClientError(f"service {service} has had no cutover yet (live: {answer.live})")
+    return answer.cutover
 
 
 async def _follow(client: Client, cutover_id: str, limit: float | None) -> int:
     """Redraw the cutover live (plain event lines when not on a terminal) until it ends or
     ``limit`` seconds pass; the exit code says how it ended."""
-    c = await follow(lambda: client.call("GET", f"/v1/cutovers/{cutover_id}"), limit=limit)
-    if c["state"] in TERMINAL_EXIT:
-        return TERMINAL_EXIT[c["state"]]
-    print(f"cutover: --timeout reached; {cutover_id} is still {c['state']}", file=sys.stderr)
+    c = await follow(lambda: client.read(Cutover, "GET", f"/v1/cutovers/{cutover_id}"), limit=limit)
+    if c.state in TERMINAL_EXIT:
+        return TERMINAL_EXIT[c.state]
+    print(f"cutover: --timeout reached; {cutover_id} is still {c.state}", file=sys.stderr)
     return EXIT_TIMEOUT
 
 
 async def cmd_start(args: argparse.Namespace, client: Client) -> int:
-    c = await client.call("POST", f"/v1/services/{args.service}/cutovers")
-    print(f"started {c['id']}: {c['service']} {c['from']} -> {c['to']}", flush=True)
+    c = await client.read(Cutover, "POST", f"/v1/services/{args.service}/cutovers")
+    print(f"started {c.id}: {c.service} {c.from_} -> {c.to}", flush=True)
     if not args.wait:
         return EXIT_OK
-    return await _follow(client, c["id"], args.timeout)
+    return await _follow(client, c.id, args.timeout)
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     if args.watch and not args.json:
         if args.service:
-            await _follow(client, (await _current(client, args.service))["id"], None)
+            await _follow(client, (await _current(client, args.service)).id, None)
             return EXIT_OK
-        await watch_services(lambda: client.call("GET", "/v1/services"))
+        await watch_services(lambda: client.read(ServiceList, "GET", "/v1/services"))
     while True:
         if args.service:
             c = await _current(client, args.service)
-            out = json.dumps(c, indent=2) if args.json else render_cutover(c)
+            out = _json(c) if args.json else render_cutover(c)
         else:
-            body = await client.call("GET", "/v1/services")
+            services = await client.read(ServiceList, "GET", "/v1/services")
             if args.json:
-                out = json.dumps(body, indent=2)
+                out = _json(services)
             else:
                 out = "\n".join(
-                    f"{s['name']}: live {s['live']}"
+                    f"{s.name}: live {s.live}"
                     + (
-                        f"; {s['cutover']['id']} {s['cutover']['state']} at "
-                        f"{s['cutover']['stages'][s['cutover']['stage']]['weight']}%"
-                        if s["cutover"]
+                        f"; {s.cutover.id} {s.cutover.state} at "
+                        f"{s.cutover.stages[s.cutover.stage].weight}%"
+                        if s.cutover
                         else "; no cutover yet"
                     )
-                    for s in body["services"]
+                    for s in services.services
                 )
         if not args.watch:
             print(out)
@@ -466,31 +490,30 @@ async def cmd_action(args: argparse.Namespace, client: Client) -> int:
     # the flag that overrides the action's refusal (409 checks_not_passing / drift)
     flag = {"force": getattr(args, "force", False), "reapply": getattr(args, "reapply", False)}
     body = {name: True for name, given in flag.items() if given} or None
-    after = await client.call("POST", f"/v1/cutovers/{c['id']}/{args.command}", body)
-    print(f"{args.command}: {after['id']} is now {after['state']} ({after['phase']})")
+    after = await client.read(Cutover, "POST", f"/v1/cutovers/{c.id}/{args.command}", body)
+    print(f"{args.command}: {after.id} is now {after.state} ({after.phase})")
     return EXIT_OK
 
 
 async def cmd_undo(args: argparse.Namespace, client: Client) -> int:
-    c = await client.call("POST", f"/v1/services/{args.service}/undo")
+    c = await client.read(Cutover, "POST", f"/v1/services/{args.service}/undo")
     # an undo is shown as the cutover it rolls back: ``from`` is the color traffic returns to
-    print(
-        f"undo {c['id']} started: {c['service']} back to {c['from']} (rolling back "
-        f"{c['from']} -> {c['to']})"
-    )
+    print(f"undo {c.id} started: {c.service} back to {c.from_} (rolling back {c.from_} -> {c.to})")
     return EXIT_OK
 
 
 async def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    body = await client.call("GET", f"/v1/services/{args.service}/cutovers?limit={args.limit}")
+    history = await client.read(
+        CutoverHistory, "GET", f"/v1/services/{args.service}/cutovers?limit={args.limit}"
+    )
     if args.json:
-        print(json.dumps(body, indent=2))
+        print(_json(history))
         return EXIT_OK
-    for c in body["cutovers"]:
+    for c in history.cutovers:
         print(render_cutover(c))
-        print(render_events(c.get("events", [])))
+        print(render_events(c.events))
         print()
-    if not body["cutovers"]:
+    if not history.cutovers:
         print(f"{args.service}: no cutovers yet")
     return EXIT_OK
 

@@ -1,4 +1,5 @@
-"""The live terminal view: rendered from the API's JSON to a recording rich Console."""
+"""The live terminal view: rendered from the API's answers, read through the API models as the
+CLI reads them, to a recording rich Console."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from cutover.api.models import Cutover, ServiceList
 from cutover.watch import follow, render, render_services, watch_services
 
 AT = 1_795_680_000.0
@@ -105,7 +107,14 @@ def cutover(**changes: Any) -> dict[str, Any]:
                 "history": [{"verdict": "fail", "value": None, "at": AT}],
             },
         ],
+        "bake": 0.0,
+        "bake_left": 0.0,
         "reason": None,
+        "store_error": None,
+        "created_at": AT - 300,
+        "updated_at": AT,
+        "finished_at": None,
+        "revision": 9,
         "events": deepcopy(EVENTS),
     }
     c.update(changes)
@@ -114,7 +123,7 @@ def cutover(**changes: Any) -> dict[str, Any]:
 
 def text_of(c: dict[str, Any]) -> str:
     console = Console(record=True, width=100, file=io.StringIO())
-    console.print(render(c))
+    console.print(render(Cutover.model_validate(c)))
     return console.export_text()
 
 
@@ -213,7 +222,7 @@ def test_rolled_back_shows_a_red_panel_with_the_reason() -> None:
     assert "rolled back from here" in text
     assert "(holding)" not in text  # the phase means nothing once it ended
     console = Console(record=True, width=100, file=io.StringIO(), force_terminal=True)
-    console.print(render(c))
+    console.print(render(Cutover.model_validate(c)))
     styled = console.export_text(styles=True)
     assert "\x1b[31m╭─" in styled  # red
 
@@ -256,7 +265,7 @@ def test_services_overview() -> None:
         ]
     }
     console = Console(record=True, width=100, file=io.StringIO())
-    console.print(render_services(body))
+    console.print(render_services(ServiceList.model_validate(body)))
     text = console.export_text()
     assert cells(line_with(text, "checkout")) == [
         "checkout",
@@ -276,9 +285,11 @@ class Feed:
         self.states = list(states)
         self.calls = 0
 
-    async def __call__(self) -> dict[str, Any]:
+    async def __call__(self) -> Cutover:
         self.calls += 1
-        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return Cutover.model_validate(
+            self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        )
 
 
 async def test_follow_off_a_terminal_prints_each_event_once_then_the_final_view() -> None:
@@ -291,7 +302,7 @@ async def test_follow_off_a_terminal_prints_each_event_once_then_the_final_view(
 
     c = await follow(Feed(first, cutover(), last), console=console, interval=0)
 
-    assert c is last
+    assert c == Cutover.model_validate(last)
     text = out.getvalue()
     for e in last["events"]:
         assert text.count(e["message"]) == 2  # once as it came, once in the final view
@@ -307,7 +318,7 @@ async def test_follow_on_a_terminal_redraws_until_rolled_back() -> None:
 
     c = await follow(feed, console=console, interval=0)
 
-    assert c["state"] == "rolled_back" and feed.calls == 3
+    assert c.state == "rolled_back" and feed.calls == 3
     assert "ROLLED BACK" in console.export_text()
     assert "\x1b[?25l" in out.getvalue()  # the live display hid the cursor to redraw
 
@@ -315,7 +326,7 @@ async def test_follow_on_a_terminal_redraws_until_rolled_back() -> None:
 async def test_follow_gives_up_after_its_limit_with_the_last_state() -> None:
     feed = Feed(cutover())
     c = await follow(feed, console=Console(file=io.StringIO()), limit=0.05, interval=0.01)
-    assert c["state"] == "running" and feed.calls >= 2
+    assert c.state == "running" and feed.calls >= 2
 
 
 async def test_watch_services_off_a_terminal_prints_only_changes() -> None:
@@ -326,10 +337,10 @@ async def test_watch_services_off_a_terminal_prints_only_changes() -> None:
     class Stop(Exception):
         """Ends the endless watch, as Ctrl-C would."""
 
-    async def fetch() -> dict[str, Any]:
+    async def fetch() -> ServiceList:
         if not answers:
             raise Stop
-        return answers.pop(0)
+        return ServiceList.model_validate(answers.pop(0))
 
     out = io.StringIO()
     with pytest.raises(Stop):

@@ -8,10 +8,10 @@ of JSON: encoding it on every request blocked the event loop the engine's rollba
 * A cutover is immutable and its runner replaces it on each step, so its JSON is encoded once
   per object (checked by identity) and answers join those bytes. The full form and the list's
   brief form (no check history) are each encoded only when an answer needs them.
-* Many steps move only the clocks (the hold's monitored time, ``updated_at``): a wake at a
-  deadline, a read-back that finds the routers as they were. The encoded body is therefore
-  kept in pieces around its clock values, and a cutover that differs from the cached one only
-  in those gets its clock values spliced in instead of being re-encoded.
+* A cutover equal to the cached one (read again from the store) is not encoded again. One
+  that differs, if only in its clocks, is: splicing new clock values into the cached bytes
+  was measured against re-encoding and against orjson and msgspec (docs/performance.md,
+  "Status answers") and dropped as not worth its code.
 * The event timeline is append-only and written only together with a new revision of the
   cutover (:class:`cutover.store.base.StateStore`), so a cutover whose revision has not changed
   since its events were read needs no store read, and a changed one reads only the events after
@@ -24,8 +24,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from operator import attrgetter
+from dataclasses import dataclass
 from typing import Any
 
 from cutover.core.model import Cutover, Event, Phase
@@ -44,15 +43,6 @@ LIST_STALE_MAX_AGE = 2 * LIST_MAX_AGE
 #: Compact separators: fewer bytes to send and to gzip for every poller. ``ensure_ascii`` (the
 #: default) keeps every byte ASCII, so the answer is valid UTF-8 whatever a detail contains.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
-
-#: Keys of the body whose values are spliced in on each step, in body order (see _body).
-_CLOCKS = ("hold_elapsed", "ttl_wait_left", "bake_left", "updated_at")
-#: Fields of a cutover that feed only the clock values; a change in any other field re-encodes.
-_CLOCK_FIELDS = frozenset({"hold_elapsed", "stage_elapsed", "bake_elapsed", "updated_at"})
-#: Where a clock value goes in the encoded text: a raw control character never comes out of the
-#: encoder, which escapes every one of them (RFC 8259 §7).
-_CUT = "\x00"
-_key = attrgetter(*(f.name for f in fields(Cutover) if f.name not in _CLOCK_FIELDS))
 
 
 def _bytes(value: Any) -> bytes:
@@ -74,36 +64,15 @@ def _bake_left(c: Cutover) -> float:
     return max(0.0, c.plan.bake - (c.bake_elapsed or 0.0))
 
 
-def _clocks(c: Cutover) -> list[bytes]:
-    """The values of :data:`_CLOCKS`, encoded in one call (numbers: no comma inside)."""
-    values = [
-        round(c.hold_elapsed, 3),
-        round(_ttl_wait_left(c), 3),
-        round(_bake_left(c), 3),
-        c.updated_at,
-    ]
-    return _bytes(values)[1:-1].split(b",")
-
-
-@dataclass(slots=True)
-class _Form:
-    """One encoded form of a cutover: the body cut around its clock values, and joined."""
-
-    pieces: tuple[bytes, ...]  # len(_CLOCKS) + 1 pieces
-    body: bytes
-
-
 @dataclass(slots=True, kw_only=True)
 class _Entry:
     """One cutover's encoded JSON, each form built by the first answer that needs it: the full
     form (``GET /v1/cutovers/{id}``, ``GET /v1/services/{service}``), the brief form (the list)
     and the events part."""
 
-    cutover: Cutover  # the object encoded, for the identity check
-    key: tuple[Any, ...]  # its fields other than the clocks
-    clocks: list[bytes]  # its clock values, encoded
-    full: _Form | None = None
-    brief: _Form | None = None
+    cutover: Cutover  # the cutover encoded
+    full: bytes | None = None
+    brief: bytes | None = None
     events: bytes = b""  # the encoded events, comma-separated, oldest first
     events_seq: int = 0  # the last seq in ``events``
     events_revision: int | None = None  # the cutover's revision when the store was last asked
@@ -174,8 +143,8 @@ class StatusViews:
         """The cutover's JSON without its event timeline."""
         entry = self._entry(c)
         if entry.full is None:
-            entry.full = _form(c, entry.clocks, history=True)
-        return entry.full.body
+            entry.full = _bytes(_body(c, history=True))
+        return entry.full
 
     def brief(self, c: Cutover) -> bytes:
         """What ``GET /v1/services`` lists of a cutover: its JSON without the event timeline and
@@ -183,8 +152,8 @@ class StatusViews:
         histories would be most of the list's bytes, and a poller of the fleet needs none."""
         entry = self._entry(c)
         if entry.brief is None:
-            entry.brief = _form(c, entry.clocks, history=False)
-        return entry.brief.body
+            entry.brief = _bytes(_body(c, history=False))
+        return entry.brief
 
     async def cutover_with_events(self, c: Cutover, store: StateStore) -> bytes:
         """The cutover's JSON with its event timeline, as ``GET /v1/cutovers/{id}`` answers."""
@@ -213,17 +182,8 @@ class StatusViews:
 
     def _entry(self, c: Cutover) -> _Entry:
         entry = self._entries.get(c.id)
-        if entry is not None and entry.cutover is c:
-            self._entries.move_to_end(c.id)
-            return entry
-        key = _key(c)
-        if entry is not None and entry.key == key:
-            entry.clocks = clocks = _clocks(c)
-            for form in (entry.full, entry.brief):
-                if form is not None:
-                    form.body = _join(form.pieces, clocks)
-        else:
-            new = _Entry(cutover=c, key=key, clocks=_clocks(c))
+        if entry is None or (entry.cutover is not c and entry.cutover != c):
+            new = _Entry(cutover=c)
             if entry is not None:  # the timeline read so far stays valid: it only grows
                 new.events, new.events_seq = entry.events, entry.events_seq
                 new.events_revision = entry.events_revision
@@ -240,39 +200,9 @@ def history_json(service: str, cutovers: Iterable[bytes]) -> bytes:
     return b'{"service":' + _bytes(service) + b',"cutovers":[' + b",".join(cutovers) + b"]}"
 
 
-def _form(c: Cutover, clocks: list[bytes], *, history: bool) -> _Form:
-    pieces = _pieces(_body(c, history=history))
-    return _Form(pieces, _join(pieces, clocks))
-
-
-def _join(pieces: tuple[bytes, ...], clocks: list[bytes]) -> bytes:
-    out = [pieces[0]]
-    for clock, piece in zip(clocks, pieces[1:], strict=True):
-        out += (clock, piece)
-    return b"".join(out)
-
-
-def _pieces(body: dict[str, Any]) -> tuple[bytes, ...]:
-    """``body`` encoded, cut where each value of :data:`_CLOCKS` goes: the members between
-    two clocks are encoded in one call, then the text is cut at our marks."""
-    members: list[str] = []
-    run: dict[str, Any] = {}
-    for key, value in body.items():
-        if key not in _CLOCKS:
-            run[key] = value
-            continue
-        if run:
-            members.append(_encode(run)[1:-1])
-            run = {}
-        members.append(_encode(key) + ":" + _CUT)
-    if run:
-        members.append(_encode(run)[1:-1])
-    return tuple(p.encode() for p in ("{" + ",".join(members) + "}").split(_CUT))
-
-
 def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
-    """The cutover's JSON with None for each of :data:`_CLOCKS` (spliced in by _join); the
-    key order is the answer's. ``history=False``: without each check's ``history``."""
+    """The cutover's JSON in the answer's key order (:class:`cutover.api.models.Cutover`).
+    ``history=False``: without each check's ``history``."""
     policies = {p.name: p for p in c.plan.checks}
     checks = [
         {
@@ -316,11 +246,11 @@ def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
             }
             for s in c.plan.stages
         ],
-        "hold_elapsed": None,
+        "hold_elapsed": round(c.hold_elapsed, 3),
         "ttl_wait": c.ttl_wait,
-        "ttl_wait_left": None,
+        "ttl_wait_left": round(_ttl_wait_left(c), 3),
         "bake": c.plan.bake,
-        "bake_left": None,
+        "bake_left": round(_bake_left(c), 3),
         "routers": [
             {
                 "name": r.name,
@@ -342,7 +272,7 @@ def _body(c: Cutover, *, history: bool = True) -> dict[str, Any]:
         # null unless the state store cannot take its latest transition (PRODUCT.md)
         "store_error": c.store_error or None,
         "created_at": c.created_at,
-        "updated_at": None,
+        "updated_at": c.updated_at,
         "finished_at": c.finished_at,
         "revision": c.revision,
     }

@@ -1,6 +1,6 @@
 """The encoded status answers (``cutover.api.views``) say what a fresh encoding would say.
 
-The views cache each cutover's encoded JSON, splice in its clocks when only they moved, and
+The views cache each cutover's encoded JSON (an equal cutover is not encoded again) and
 read only new events from the store; each test here compares such an answer with one a fresh
 :class:`StatusViews` encodes from scratch, or with the store itself. The last tests drive a real
 supervisor (fake routers and checks, a :class:`FakeClock`) through the app.
@@ -196,10 +196,12 @@ def test_each_form_is_encoded_only_when_an_answer_needs_it(
     for _ in range(3):
         views.brief(c)
     assert encoded == [False]  # a list needs only the brief form
-    views.brief(replace(c, hold_elapsed=50.0, stage_elapsed=50.0))  # clocks only: spliced
+    views.brief(replace(c))  # an equal cutover (a store read): not encoded again
     assert encoded == [False]
+    views.brief(replace(c, hold_elapsed=50.0, stage_elapsed=50.0))  # the clocks moved
+    assert encoded == [False, False]
     views.cutover(c)
-    assert encoded == [False, True]
+    assert encoded == [False, False, True]
 
 
 def test_the_same_cutover_object_is_answered_from_the_cache() -> None:

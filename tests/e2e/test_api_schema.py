@@ -5,7 +5,9 @@ with a measured check. Every ``GET`` answer (the services list, a service, a cut
 events, the history, the probes, a 404) is validated against the schema ``/openapi.json``
 publishes for that path and status: every ``required`` field present, no field the spec does
 not declare where it says ``additionalProperties: false``. A required field that the daemon
-does not send, or a field it sends that the spec does not name, fails this test.
+does not send, or a field it sends that the spec does not name, fails this test. The answers
+of the operator commands (start, pause, a refused pause, resume with its body, abort) are held
+to the spec the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from tests.e2e.conftest import E2E
 STAGES = [{"weight": 50, "hold": "10m"}, {"weight": 100, "hold": "1s"}]
 
 
-def schema_errors(spec: dict[str, Any], path: str, status: int, answer: Any) -> list[str]:
-    """Why ``answer`` is not what ``spec`` says ``GET path`` answers with ``status``."""
-    response = spec["paths"][path]["get"]["responses"][str(status)]
+def schema_errors(
+    spec: dict[str, Any], path: str, status: int, answer: Any, method: str = "get"
+) -> list[str]:
+    """Why ``answer`` is not what ``spec`` says ``method path`` answers with ``status``."""
+    response = spec["paths"][path][method]["responses"][str(status)]
     schema = response["content"]["application/json"]["schema"]
     # the components ride along so that each "#/components/schemas/..." resolves in place
     root = {
@@ -83,3 +87,27 @@ async def test_every_get_answer_of_a_running_daemon_matches_the_published_schema
     assert live["routers"][0]["observed"] == 50.0, live["routers"]
     assert live["events"] and live["checks"][0]["history"], live
     assert checked["/v1/cutovers/nope"] == 404 and checked["/v1/services/nope"] == 404
+
+
+async def test_command_answers_match_the_published_schema(e2e: E2E) -> None:
+    e2e.write_config(stages=STAGES)
+    await e2e.start_daemon()
+    _, spec = await e2e.api("GET", "/openapi.json")
+    c = await e2e.start()
+    assert not schema_errors(spec, "/v1/services/{service}/cutovers", 201, c, "post"), c
+    await e2e.wait_for(c["id"], state="running", stage=0, phase="holding")
+
+    # pause, a refused second pause, resume with its flag in the body, then abort
+    for command, body, expected in [
+        ("pause", None, 200),
+        ("pause", None, 409),
+        ("resume", {"reapply": False}, 200),
+        ("abort", None, 200),
+    ]:
+        path = f"/v1/cutovers/{c['id']}/{command}"
+        status, answer = await e2e.api("POST", path, json=body)
+        assert status == expected, (command, status, answer)
+        template = f"/v1/cutovers/{{id}}/{command}"
+        errors = schema_errors(spec, template, status, answer, "post")
+        assert not errors, (command, errors, answer)
+    await e2e.wait_for(c["id"], state="rolled_back")

@@ -16,15 +16,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cutover.api.app import SUPERVISOR, make_app
-from cutover.checks.base import Check
-from cutover.config import ServiceSpec, parse_config
-from cutover.core.model import Color, Cutover, Phase, Status, Verdict
+from cutover.config import parse_config
+from cutover.core.model import Cutover, Phase, Status, Verdict
 from cutover.engine.clock import SystemClock
 from cutover.engine.supervisor import Supervisor
 from cutover.observability.metrics import Metrics
-from cutover.routers.base import Router
 from cutover.store.sqlite import SqliteStore
 from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
+from tests.unit.supervised import served, supervised
 from tests.unit.test_runner import TrackedStore
 
 CONFIG = {
@@ -259,33 +258,8 @@ class Faked:
 async def faked_daemon(tmp_path: Path) -> AsyncIterator[Faked]:
     """The app serving :data:`GUARDED` over a fake router and check (the CLI tests use it too)."""
     store = TrackedStore(path=str(tmp_path / "state.db"))
-    await store.open()
-    clock = FakeClock()
-    router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
-
-    def adapters(
-        spec: ServiceSpec, service: str, new: Color
-    ) -> tuple[dict[str, Router], dict[str, Check]]:
-        return {"edge": router}, {"health": check}
-
-    metrics = Metrics()
-    sup = Supervisor(
-        config=parse_config(GUARDED),
-        store=store,
-        clock=clock,
-        resources=resource_pool(),
-        adapters=adapters,
-        metrics=metrics,
-    )
-    await sup.start()
-    try:
-        async with TestClient(
-            TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
-        ) as c:
-            yield Faked(c, sup, store, clock, router, check)
-    finally:
-        await sup.stop()
-        await store.aclose()
+    async with supervised(GUARDED, store) as s, served(s) as c:
+        yield Faked(c, s.supervisor, s.store, s.clock, s.router, s.check)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from cutover.errors import ConflictError, PreflightError, TransientError
 from cutover.observability.metrics import Metrics
 from cutover.routers.base import Router
 from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
+from tests.unit.supervised import supervised
 from tests.unit.test_runner import TrackedStore
 
 GUARD = 5.0  # real seconds a test may take before it fails as hung
@@ -95,31 +96,8 @@ async def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     """A supervisor over fakes; ``CONFIG`` unless a test passes another (indirect param)."""
     config: dict[str, Any] = getattr(request, "param", CONFIG)
     store = BuggyStore(path=str(tmp_path / "state.db"))
-    await store.open()
-    clock = FakeClock()
-    router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
-
-    def adapters(
-        spec: ServiceSpec, service: str, new: Color
-    ) -> tuple[dict[str, Router], dict[str, Check]]:
-        # the same fakes each time: they are the "servers", which outlive a runner
-        return {"edge": router}, {"health": check}
-
-    metrics = Metrics()
-    sup = Supervisor(
-        config=parse_config(config),
-        store=store,
-        clock=clock,
-        resources=resource_pool(),
-        adapters=adapters,
-        metrics=metrics,
-    )
-    await sup.start()
-    try:
-        yield Daemon(sup, store, clock, router, check, metrics)
-    finally:
-        await sup.stop()
-        await store.aclose()
+    async with supervised(config, store) as s:
+        yield Daemon(s.supervisor, s.store, s.clock, s.router, s.check, s.metrics)
 
 
 async def test_a_crashed_runner_is_respawned_and_the_cutover_completes(daemon: Daemon) -> None:

@@ -17,19 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, ValidationError
 
 from cutover.api import models
 from cutover.api import views as views_module
-from cutover.api.app import LIST_BUILDS, LISTING, VIEWS, accepts_gzip, make_app
+from cutover.api.app import LIST_BUILDS, LISTING, VIEWS, accepts_gzip
 from cutover.api.views import LIST_MAX_AGE, LIST_STALE_MAX_AGE, StatusViews, history_json
-from cutover.checks.base import Check
-from cutover.config import ServiceSpec, parse_config
 from cutover.core.model import (
     CheckPolicy,
     CheckState,
-    Color,
     Cutover,
     Event,
     Measurement,
@@ -41,10 +38,9 @@ from cutover.core.model import (
     Verdict,
 )
 from cutover.engine.supervisor import Supervisor
-from cutover.observability.metrics import Metrics
-from cutover.routers.base import Router
 from cutover.store.base import StateStore
-from cutover.testing import FakeCheck, FakeClock, FakeRouter, resource_pool
+from cutover.testing import FakeClock
+from tests.unit.supervised import served, supervised
 from tests.unit.test_runner import TrackedStore
 from tests.unit.test_supervisor import CONFIG
 
@@ -382,33 +378,8 @@ class Daemon:
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     store = TrackedStore(path=str(tmp_path / "state.db"))
-    await store.open()
-    clock = FakeClock()
-    router, check = FakeRouter("edge"), FakeCheck("health", clock=clock)
-
-    def adapters(
-        spec: ServiceSpec, service: str, new: Color
-    ) -> tuple[dict[str, Router], dict[str, Check]]:
-        return {"edge": router}, {"health": check}
-
-    metrics = Metrics()
-    sup = Supervisor(
-        config=parse_config(CONFIG),
-        store=store,
-        clock=clock,
-        resources=resource_pool(),
-        adapters=adapters,
-        metrics=metrics,
-    )
-    await sup.start()
-    try:
-        async with TestClient(
-            TestServer(make_app(supervisor=sup, store=store, metrics=metrics))
-        ) as c:
-            yield Daemon(c, sup, store, clock)
-    finally:
-        await sup.stop()
-        await store.aclose()
+    async with supervised(CONFIG, store) as s, served(s) as c:
+        yield Daemon(c, s.supervisor, s.store, s.clock)
 
 
 async def test_answers_follow_a_running_cutover(daemon: Daemon) -> None:

@@ -1001,21 +1001,27 @@ class FrozenServer(FakeRouter):
         return await super().observe()
 
 
+async def shift_hanging_on_frozen_dns(scenario: MakeScenario) -> tuple[Scenario, FrozenServer]:
+    """A cutover 1 s into its shift to stage 2, whose forward write froze the ``dns`` router."""
+    plan = make_plan(apply_timeout=60.0, rollback_timeout=30.0)
+    s = await scenario(plan, start=False)
+    dns = FrozenServer("dns", s.clock, late=0.6)
+    s.routers["dns"] = dns
+    await s.start()
+    await s.holding(0)
+    dns.freeze_on_write = True
+    await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
+    await s.run_for(1)
+    return s, dns
+
+
 async def test_a_failing_new_color_is_rolled_back_while_a_shift_hangs_on_a_frozen_router(
     scenario: MakeScenario,
 ) -> None:
     # was: initial_delay counted from a stage time that did not advance while shifting, and a
     # forward write queued behind a frozen server landed after the rollback
     async with asyncio.timeout(GUARD):
-        plan = make_plan(apply_timeout=60.0, rollback_timeout=30.0)
-        s = await scenario(plan, start=False)
-        dns = FrozenServer("dns", s.clock, late=0.6)
-        s.routers["dns"] = dns
-        await s.start()
-        await s.holding(0)
-        dns.freeze_on_write = True
-        await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
-        await s.run_for(1)
+        s, dns = await shift_hanging_on_frozen_dns(scenario)
         assert s.routers["edge"].state == {"share": "w50"}  # HAProxy carries stage 2 already
         assert dns.applied == [10, 50] and dns.state == {"share": "w10"}
 
@@ -1130,15 +1136,7 @@ async def test_a_forward_write_of_the_runner_before_a_restart_is_waited_out_by_t
     scenario: MakeScenario,
 ) -> None:
     async with asyncio.timeout(GUARD):
-        plan = make_plan(apply_timeout=60.0, rollback_timeout=30.0)
-        s = await scenario(plan, start=False)
-        dns = FrozenServer("dns", s.clock, late=0.6)
-        s.routers["dns"] = dns
-        await s.start()
-        await s.holding(0)
-        dns.freeze_on_write = True
-        await s.until(lambda c: c.stage_index == 1 and c.phase is Phase.SHIFTING)
-        await s.run_for(1)
+        s, dns = await shift_hanging_on_frozen_dns(scenario)
         await s.stop()  # killed: its forward write to dns stays queued in the frozen server
         dns.freeze_on_write = False
         await s.start(restarted=True)  # the new runner's shift cannot even read dns
